@@ -1,0 +1,113 @@
+"""One dispatch rule for every attnzoo op.
+
+An op has a reference implementation (pure PyTorch, runs anywhere) and optionally more backends
+(fused Triton kernels). Each non-reference backend comes with a check that returns ``None`` when
+it can run the given inputs and otherwise a sentence saying why not.
+
+* ``backend=None``: the first registered non-reference backend whose check passes, else the
+  reference; the reason each backend was skipped is logged at debug level.
+* ``backend='<name>'``: that backend or a ``BackendUnavailableError`` with its reason. An
+  explicitly named backend never falls back.
+* ``ATTNZOO_BACKEND=reference|triton`` sets the process-wide default used when an op is called
+  with ``backend=None``; it counts as explicit (no fallback), so a run that asks for Triton
+  everywhere fails loudly where Triton cannot run instead of silently measuring the reference.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "Op", "default_backend"]
+
+_logger = logging.getLogger("attnzoo.kernels")
+
+BACKENDS = ("reference", "triton")
+"""Every backend name an op may be asked for."""
+
+_ENV_VAR = "ATTNZOO_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run these inputs; the message says why."""
+
+
+def _check_backend_name(backend: Optional[str], what: str) -> Optional[str]:
+    if backend is None:
+        return None
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{what} must be None or one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def default_backend() -> Optional[str]:
+    """The process-wide default backend from ``ATTNZOO_BACKEND`` (None when unset or empty)."""
+    value = os.environ.get(_ENV_VAR, "").strip() or None
+    return _check_backend_name(value, f"environment variable {_ENV_VAR}")
+
+
+Check = Callable[..., Optional[str]]
+
+
+@dataclass
+class _Backend:
+    name: str
+    load: Callable[[], Callable[..., Any]]  # imports lazily: triton must not be needed to import attnzoo
+    check: Check
+    _impl: Optional[Callable[..., Any]] = field(default=None, repr=False)
+
+    def impl(self) -> Callable[..., Any]:
+        if self._impl is None:
+            self._impl = self.load()
+        return self._impl
+
+
+class Op:
+    """A functional op with a reference implementation and optional accelerated backends."""
+
+    def __init__(self, name: str, reference: Callable[..., Any]):
+        self.name = name
+        self.reference = reference
+        self._backends: Dict[str, _Backend] = {}
+
+    def register(self, name: str, load: Callable[[], Callable[..., Any]], check: Check) -> None:
+        """Adds a backend. ``load()`` returns its implementation (called once, on first use);
+        ``check(*args, **kwargs)`` returns None when it can run the inputs, else the reason."""
+        if name == "reference" or name not in BACKENDS:
+            raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
+        self._backends[name] = _Backend(name, load, check)
+
+    @property
+    def backends(self) -> tuple:
+        """Names of the backends this op has, reference first."""
+        return ("reference",) + tuple(self._backends)
+
+    def why_not(self, backend: str, *args: Any, **kwargs: Any) -> Optional[str]:
+        """None when ``backend`` can run these inputs, else the reason it cannot."""
+        if backend == "reference":
+            return None
+        entry = self._backends.get(backend)
+        if entry is None:
+            return f"{self.name} has no {backend!r} backend (it has: {', '.join(self.backends)})"
+        return entry.check(*args, **kwargs)
+
+    def select(self, backend: Optional[str], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        """The implementation that the dispatch rule picks for these inputs."""
+        backend = _check_backend_name(backend, "backend")
+        explicit = backend is not None
+        if backend is None:
+            backend = default_backend()
+            explicit = backend is not None
+        if explicit:
+            reason = self.why_not(backend, *args, **kwargs)
+            if reason is not None:
+                raise BackendUnavailableError(f"{self.name}: backend {backend!r} cannot run these inputs: {reason}")
+            return self.reference if backend == "reference" else self._backends[backend].impl()
+        for entry in self._backends.values():
+            reason = entry.check(*args, **kwargs)
+            if reason is None:
+                return entry.impl()
+            if _logger.isEnabledFor(logging.DEBUG):
+                _logger.debug("%s: not using %s backend: %s", self.name, entry.name, reason)
+        return self.reference

@@ -1,0 +1,1 @@
+"""The ``attnzoo`` command line: ``attnzoo bench`` and friends."""

@@ -1,0 +1,1 @@
+"""Classification training on timm components, launched with torchrun (not yet written: see README)."""
