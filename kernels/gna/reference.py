@@ -117,10 +117,22 @@ def attended_pairs(params: GNAParams) -> int:
     return math.prod(plan.pairs for plan in _plans(params))
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Everything one gna call needs about its pattern, on the compute device."""
+
+    q_index: List[torch.Tensor]  # per axis [n_a * T_a]
+    q_inverse: List[torch.Tensor]  # per axis [L_a]
+    k_index: List[torch.Tensor]  # per axis [n_a * W_a]
+    q_tiles: List[Tuple[int, int]]  # per axis (n_a, T_a)
+    k_tiles: List[Tuple[int, int]]  # per axis (n_a, W_a)
+    mask: Optional[torch.Tensor]  # [N, Tq, Wk] key in window; None when every entry is
+    rel: torch.Tensor  # [N, Tq, Wk] flat index into the rpb table of one head
+
+
+@torch.compiler.disable  # index bookkeeping, cached per pattern: keep it out of compiled graphs
 @functools.lru_cache(maxsize=128)
-def _tile_layout(params: GNAParams, device: torch.device) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
-    """Index tensors on ``device`` plus the combined mask ``[N, Tq, Wk]`` (None when all-true)
-    and the combined flat rpb index ``[N, Tq, Wk]``."""
+def _layout(params: GNAParams, device: torch.device) -> _Layout:
     plans = _plans(params)
     r = len(plans)
     mask = None
@@ -132,22 +144,20 @@ def _tile_layout(params: GNAParams, device: torch.device) -> Tuple[List[torch.Te
         shape[a], shape[r + a], shape[2 * r + a] = plan.mask.shape
         m = plan.mask.view(shape)
         mask = m if mask is None else mask & m
-        row_stride = math.prod(table[a + 1 :])
-        term = plan.rel.view(shape) * row_stride
+        term = plan.rel.view(shape) * math.prod(table[a + 1 :])
         rel = term if rel is None else rel + term
-    n = math.prod(p.q_index.shape[0] for p in plans)
-    tq = math.prod(p.tile for p in plans)
-    wk = math.prod(p.halo for p in plans)
     grid = [p.mask.shape[0] for p in plans] + [p.tile for p in plans] + [p.halo for p in plans]
+    n, tq, wk = math.prod(grid[:r]), math.prod(grid[r : 2 * r]), math.prod(grid[2 * r :])
     mask = mask.expand(grid).reshape(n, tq, wk)
     rel = rel.expand(grid).reshape(n, tq, wk)
-    mask_dev = None if bool(mask.all()) else mask.to(device)
-    return (
-        [p.q_index.reshape(-1).to(device) for p in plans],
-        [p.q_inverse.to(device) for p in plans],
-        [p.k_index.reshape(-1).to(device) for p in plans],
-        mask_dev,
-        rel.to(device),
+    return _Layout(
+        q_index=[p.q_index.reshape(-1).to(device) for p in plans],
+        q_inverse=[p.q_inverse.to(device) for p in plans],
+        k_index=[p.k_index.reshape(-1).to(device) for p in plans],
+        q_tiles=[(p.q_index.shape[0], p.tile) for p in plans],
+        k_tiles=[(p.k_index.shape[0], p.halo) for p in plans],
+        mask=None if bool(mask.all()) else mask.to(device),
+        rel=rel.to(device),
     )
 
 
@@ -181,32 +191,29 @@ def gna_reference(
 
 
 def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    plans = _plans(params)
-    q_index, q_inverse, k_index, mask, rel = _tile_layout(params, q.device)
+    lay = _layout(params, q.device)
     r = params.rank
-    out_dtype = q.dtype
-    qt = _to_tiles(q.float(), q_index, [(p.q_index.shape[0], p.tile) for p in plans])
-    kt = _to_tiles(k.float(), k_index, [(p.k_index.shape[0], p.halo) for p in plans])
-    vt = _to_tiles(v.float(), k_index, [(p.k_index.shape[0], p.halo) for p in plans])
+    qt = _to_tiles(q.float(), lay.q_index, lay.q_tiles)
+    kt = _to_tiles(k.float(), lay.k_index, lay.k_tiles)
+    vt = _to_tiles(v.float(), lay.k_index, lay.k_tiles)
 
     bias = None  # [N, H, Tq, Wk] additive logits, shared by the batch
     if rpb is not None:
-        heads = rpb.shape[0]
-        bias = rpb.float().reshape(heads, -1)[:, rel].transpose(0, 1)
-    if mask is not None:
-        blocked = torch.zeros(mask.shape, dtype=torch.float32, device=q.device).masked_fill_(~mask, float("-inf"))
-        blocked = blocked.unsqueeze(1)
-        bias = blocked if bias is None else bias + blocked
+        bias = rpb.float().reshape(rpb.shape[0], -1)[:, lay.rel].transpose(0, 1)
+    if lay.mask is not None:
+        outside = torch.zeros(lay.mask.shape, dtype=torch.float32, device=q.device)
+        outside = outside.masked_fill_(~lay.mask, float("-inf")).unsqueeze(1)
+        bias = outside if bias is None else bias + outside
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)  # [B, N, H, Tq, Dv]
 
     b, h, dv = out.shape[0], out.shape[2], out.shape[-1]
-    out = out.view([b] + [p.q_index.shape[0] for p in plans] + [h] + [p.tile for p in plans] + [dv])
+    out = out.view([b] + [n for n, _ in lay.q_tiles] + [h] + [t for _, t in lay.q_tiles] + [dv])
     # [B, n1..nr, H, t1..tr, Dv] -> [B, n1, t1, ..., nr, tr, H, Dv]
     perm = [0]
     for a in range(r):
         perm += [1 + a, 2 + r + a]
     perm += [1 + r, 2 + 2 * r]
-    out = out.permute(perm).reshape([b] + [p.q_index.shape[0] * p.tile for p in plans] + [h, dv])
-    for a, inv in enumerate(q_inverse):
+    out = out.permute(perm).reshape([b] + [n * t for n, t in lay.q_tiles] + [h, dv])
+    for a, inv in enumerate(lay.q_inverse):
         out = out.index_select(1 + a, inv)
-    return out.to(out_dtype)
+    return out.to(q.dtype)

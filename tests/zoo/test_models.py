@@ -1,0 +1,158 @@
+"""The generic suite: every registered attnzoo model, timm's model conventions (as timm's own
+tests/test_models.py checks them), at small sizes."""
+import math
+
+import pytest
+import timm
+import torch
+
+import attnzoo
+from timm.optim import create_optimizer_v2
+
+MODELS = attnzoo.list_models()
+SMALLEST = {family: next(n for n in MODELS if attnzoo.get_entry(n).family == family)
+            for family in dict.fromkeys(attnzoo.get_entry(n).family for n in MODELS)}
+
+
+@pytest.fixture(scope="module")
+def built():
+    """One eval-mode instance per model name, shared by the read-only tests of this module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            cache[name] = timm.create_model(name).eval()
+        return cache[name]
+
+    yield get
+    cache.clear()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_param_count_matches_published(name):
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    published = attnzoo.get_entry(name).published.params_m
+    assert abs(params / published - 1) <= 0.01, f"{name}: {params:.2f}M vs published {published}M"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7, drop_path_rate=0.0)  # stochastic depth may drop a whole branch
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no finite gradient for {missing[:5]}"
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("size", [(224, 224), (199, 257), (64, 96), (32, 32)])
+@pytest.mark.parametrize("name", MODELS)
+def test_any_input_size(name, size, built):
+    model = built(name)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only_matches_feature_info(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, features_only=True).eval()
+    h, w = 199, 257
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, h, w))
+    info = model.feature_info
+    assert len(feats) == len(info.channels())
+    for f, c, r in zip(feats, info.channels(), info.reduction()):
+        assert f.shape == (1, c, math.ceil(h / r), math.ceil(w / r))
+    assert info.reduction() == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_agree_with_forward_features(name, built):
+    model = built(name)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x, norm=True)
+        feats = model.forward_features(x)
+        nhwc = model.forward_intermediates(x, indices=[1], output_fmt="NHWC", intermediates_only=True)
+    torch.testing.assert_close(final, feats)
+    torch.testing.assert_close(inter[-1], feats.permute(0, 3, 1, 2))
+    torch.testing.assert_close(nhwc[0].permute(0, 3, 1, 2), inter[1])
+    assert [t.shape[1] for t in inter] == [i["num_chs"] for i in model.feature_info]
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_grad_checkpointing_gives_the_same_output_and_gradients(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.0)
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_torch_compile(name, built):
+    model = built(name)
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_state_dict_round_trip(name, built, tmp_path):
+    model = built(name)
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    torch.manual_seed(1)
+    other = timm.create_model(name).eval()
+    other.load_state_dict(torch.load(tmp_path / "sd.pth", weights_only=True))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_classifier_reset_and_pre_logits(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    model.reset_classifier(10)
+    assert model(x).shape == (1, 10)
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.num_features)
+    model.reset_classifier(0, global_pool="")
+    assert model(x).dim() == 4
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_optimizer_conventions(name):
+    model = timm.create_model(name)
+    names = dict(model.named_parameters())
+    assert model.no_weight_decay() and set(model.no_weight_decay()) <= set(names)
+    groups = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05).param_groups
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert all(id(names[n]) in no_decay for n in model.no_weight_decay())
+    matcher = model.group_matcher()
+    assert set(matcher) >= {"stem", "blocks"}
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_backend_argument_reaches_every_mixer(name):
+    model = timm.create_model(name, backend="reference")
+    mixers = [m for m in model.modules() if hasattr(m, "backend")]
+    assert mixers and all(m.backend == "reference" for m in mixers)
+    assert "backend=reference" in repr(model)
