@@ -1,0 +1,34 @@
+# attnzoo: two commands, each does its own set-up on a fresh machine.
+#   make bench   benchmark every registered model (attnzoo bench), BENCH_ARGS='...' to pass options
+#   make test    run the test suite (python -m pytest -q), PYTEST_ARGS='...' to pass options
+# Set-up creates .venv (python3 -m venv) and installs attnzoo editable with the pinned versions
+# in .ci/constraints.txt; it is redone only when pyproject.toml or the constraints change.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.attnzoo-installed
+PIP_FLAGS ?= -qq --disable-pip-version-check --progress-bar off
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := bench
+.PHONY: bench test setup
+
+bench: setup
+	$(VENV)/bin/attnzoo bench $(BENCH_ARGS)
+
+test: setup
+	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	@test -x $(VENV_PYTHON) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing attnzoo and its pinned dependencies into $(VENV) (first time: a few minutes, ~6 GB)"
+	$(VENV_PYTHON) -m pip install $(PIP_FLAGS) -c .ci/constraints.txt -e '.[dev,triton]' torchvision
+	@# NATTEN: an independent implementation the gna tests cross-check against. Built from source
+	@# against the installed torch (no build isolation: seconds, not a second torch download); an
+	@# empty CUDA_VISIBLE_DEVICES keeps the build Flex-only, with no nvcc step on GPU machines.
+	CUDA_VISIBLE_DEVICES= $(VENV_PYTHON) -m pip install $(PIP_FLAGS) --no-build-isolation -c .ci/constraints.txt natten
+	@touch $@
