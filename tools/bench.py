@@ -217,7 +217,7 @@ def _bench_model(name: str, args: argparse.Namespace, device: torch.device, refu
     gflops = gflops_macs(model, pub.img_size)
     row = [
         name, entry.family, f"{params_m:.2f}", f"{gflops:.2f}",
-        f"{pub.params_m:g}", f"{pub.gflops:g}", "—" if pub.top1 is None else f"{pub.top1:g}", pub.source,
+        *("—" if v is None else f"{v:g}" for v in (pub.params_m, pub.gflops, pub.top1)), pub.source,
     ]
     if args.no_speed:
         return row

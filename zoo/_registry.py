@@ -20,10 +20,10 @@ __all__ = ["Published", "ModelEntry", "register_family", "list_models", "get_ent
 class Published:
     """A model's figures as its authors published them (ImageNet-1k validation)."""
 
-    params_m: float  # millions of parameters
-    gflops: float  # GFLOPs as the papers count them (multiply-adds) at ``img_size``
+    params_m: Optional[float]  # millions of parameters (None when not published)
+    gflops: Optional[float]  # GFLOPs as the papers count them (multiply-adds) at ``img_size``
     top1: Optional[float]  # top-1 accuracy, % (None when not published)
-    img_size: int
+    img_size: int  # the resolution the figures (and the released weights) are for
     source: str  # where the figures come from
 
 
@@ -62,7 +62,7 @@ def register_family(family: str, module_name: str, create: Callable, variants: D
 
         entrypoint.__name__ = entrypoint.__qualname__ = name
         entrypoint.__module__ = module_name
-        entrypoint.__doc__ = f"{family} '{name}': {published.params_m}M params, {published.gflops} GFLOPs at {published.img_size}px ({published.source})."
+        entrypoint.__doc__ = f"{family} '{name}' at {published.img_size}px; published figures: {published}."
         setattr(module, name, entrypoint)
         timm_registry.register_model(entrypoint)
         _ENTRIES[name] = ModelEntry(name, family, published, entrypoint)

@@ -35,6 +35,8 @@ def test_param_count_matches_published(name):
         model = timm.create_model(name)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     published = attnzoo.get_entry(name).published.params_m
+    if published is None:
+        pytest.skip(f"{name}: no published parameter count")
     assert abs(params / published - 1) <= 0.01, f"{name}: {params:.2f}M vs published {published}M"
 
 
