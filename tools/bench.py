@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", type=_backend_list, default=BACKENDS, metavar="LIST",
                         help=f"comma-separated backends to time (default: {','.join(BACKENDS)})")
     parser.add_argument("--no-speed", action="store_true", help="only parameters and GFLOPs, no timing")
+    parser.add_argument("--vs-timm", action="store_true",
+                        help="instead: forward latency of each az_ model over its timm twin (same batch, size, device; "
+                             "reference backend; defaults batch 8, 224 px, cpu)")
 
 
 def select_models(patterns: Optional[Sequence[str]]) -> List[str]:
@@ -244,9 +247,87 @@ def _bench_model(name: str, args: argparse.Namespace, device: torch.device, refu
     return row
 
 
+TWIN_PREFIX = "az_"
+
+
+def timm_twin(name: str) -> Optional[str]:
+    """timm's own model of an attnzoo name (``az_<timm name>``), None when timm has none."""
+    if name.startswith(TWIN_PREFIX) and name[len(TWIN_PREFIX):] in _registry.timm_builtin_names():
+        return name[len(TWIN_PREFIX):]
+    return None
+
+
+def forward_seconds(model: torch.nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
+    """Median seconds of one forward (eval, no_grad) over ``iters`` timed runs after ``warmup``."""
+    return x.shape[0] / images_per_second(model, x, warmup, iters)
+
+
+def _build_at(name: str, size: int, device: torch.device) -> torch.nn.Module:
+    """The model built for ``size`` px where its constructor takes ``img_size`` (MaxViT sizes its
+    partitions from it), else as registered."""
+    try:
+        model = timm.create_model(name, pretrained=False, img_size=size)
+    except TypeError:
+        model = timm.create_model(name, pretrained=False)
+    return model.to(device).eval()
+
+
+def _vs_timm(args: argparse.Namespace, device: torch.device, names: Sequence[str], argv: Sequence[str]) -> int:
+    prog = "attnzoo bench --vs-timm"
+    pairs = [(n, timm_twin(n)) for n in names]
+    pairs = [(n, t) for n, t in pairs if t is not None]
+    if not pairs:
+        print(f"{prog}: error: none of the selected models has a timm twin (az_<timm name>)", file=sys.stderr)
+        return 2
+    size = args.img_size or 224
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print("\n".join([
+        f"## attnzoo bench --vs-timm, {now}",
+        "",
+        f"- command: `{shlex.join(['attnzoo', 'bench', *argv])}`",
+        f"- device: {_device_name(device)}",
+        f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, timm {timm.__version__}, "
+        f"python {platform.python_version()}",
+        f"- latency: one forward of batch {args.batch_size} at {size}x{size}, {args.dtype}, eval, no_grad, attnzoo on "
+        f"the reference backend; median of {args.iters} timed forwards after {args.warmup} warmup, the two models "
+        "timed alternately on the same input",
+    ]), end="\n\n", flush=True)
+    notes = _Footnotes()
+    rows = []
+    dtype = _DTYPES[args.dtype]
+    with tqdm(pairs, desc=prog, unit="model", file=sys.stderr, dynamic_ncols=True) as bar:
+        for name, twin in bar:
+            bar.set_postfix_str(name)
+            torch.manual_seed(0)
+            x = torch.randn(args.batch_size, 3, size, size, device=device, dtype=dtype)
+            ours = _build_at(name, size, device).to(dtype)
+            set_backend(ours, "reference")
+            theirs = _build_at(twin, size, device).to(dtype)
+            try:
+                t_ours, t_timm = [], []
+                for _ in range(args.iters):  # alternate so drifts in machine load hit both
+                    t_ours.append(forward_seconds(ours, x, args.warmup, 1))
+                    t_timm.append(forward_seconds(theirs, x, args.warmup, 1))
+                a, b = statistics.median(t_ours), statistics.median(t_timm)
+                rows.append([name, twin, f"{a * 1e3:.1f}", f"{b * 1e3:.1f}", f"{a / b:.2f}x"])
+            except Exception as e:  # a model that cannot run at this size is reported, not fatal
+                rows.append([name, twin, "—", "—", f"n/a {notes.ref(f'{name}: {type(e).__name__}: {e}')}"])
+            del ours, theirs, x
+            gc.collect()
+    lines = _markdown_table(["model", "timm twin", "attnzoo (ms)", "timm (ms)", "attnzoo / timm"], rows,
+                            [False, False, True, True, True])
+    if notes.notes:
+        lines += ["", *notes.lines()]
+    print("\n".join(lines), flush=True)
+    return 0
+
+
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     """Runs the benchmark described by parsed ``args``; ``argv`` is echoed in the header."""
     prog = "attnzoo bench"
+    if args.vs_timm:
+        args.device = args.device or "cpu"
+        args.batch_size = args.batch_size or 8
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"{prog}: error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
@@ -267,6 +348,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
+    if args.vs_timm:
+        return _vs_timm(args, device, names, argv)
     print("\n".join(_header(args, device, argv)), end="\n\n", flush=True)
     refusals = {b: _backend_refusal(b, device) for b in args.backends}
     notes = _Footnotes()

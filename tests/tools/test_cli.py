@@ -153,3 +153,25 @@ class _ChannelsLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.pad(x.permute(0, 2, 3, 1), (0, 13))
+
+
+def test_timm_twin_maps_az_names_onto_timm_builtins():
+    from attnzoo.tools.bench import timm_twin
+
+    assert timm_twin("az_resnet50") == "resnet50"
+    assert timm_twin("nat_mini") is None
+    assert timm_twin("az_nat_mini") is None  # not a timm built-in
+
+
+def test_vs_timm_times_an_az_model_against_its_twin():
+    twins = [n for n in _registry.list_models() if n.startswith("az_")]
+    if not twins:
+        pytest.skip("no az_ model registered yet")
+    name = min(twins, key=lambda n: _registry.get_entry(n).published.params_m or 1e9)
+    proc = _attnzoo("bench", "--vs-timm", "--models", name, "--batch-size", "1", "--iters", "1", "--warmup", "0",
+                    "--img-size", "64")
+    assert proc.returncode == 0, proc.stderr
+    row = _table_rows(proc.stdout)[name]
+    assert row["timm twin"] == name[3:]
+    assert float(row["attnzoo (ms)"]) > 0 and float(row["timm (ms)"]) > 0
+    assert row["attnzoo / timm"].endswith("x")

@@ -13,6 +13,26 @@ MODELS = attnzoo.list_models()
 SMALLEST = {family: next(n for n in MODELS if attnzoo.get_entry(n).family == family)
             for family in dict.fromkeys(attnzoo.get_entry(n).family for n in MODELS)}
 
+# Models above this many parameters (millions) run the heavy checks (backward, every input size,
+# features_only, round trip) in the extended tier only; in CI they still build, count their
+# parameters and run a forward at an odd size.
+BIG_M = 100
+
+
+def _params_m(name):
+    published = attnzoo.get_entry(name).published.params_m
+    if published is not None:
+        return published
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name).parameters()) / 1e6
+
+
+def _tiered(names):
+    return [pytest.param(n, marks=pytest.mark.extended) if _params_m(n) > BIG_M else n for n in names]
+
+
+HEAVY = _tiered(MODELS)
+
 
 @pytest.fixture(scope="module")
 def built():
@@ -40,7 +60,7 @@ def test_param_count_matches_published(name):
     assert abs(params / published - 1) <= 0.01, f"{name}: {params:.2f}M vs published {published}M"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", HEAVY)
 def test_forward_backward_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=7, drop_path_rate=0.0)  # stochastic depth may drop a whole branch
@@ -54,15 +74,23 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
 
 
 @pytest.mark.parametrize("size", [(224, 224), (199, 257), (64, 96), (32, 32)])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", HEAVY)
 def test_any_input_size(name, size, built):
-    model = built(name)
+    _check_forward(built(name), size)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if _params_m(n) > BIG_M])
+def test_big_models_run_at_an_odd_size(name, built):
+    _check_forward(built(name), (97, 131))
+
+
+def _check_forward(model, size):
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", HEAVY)
 def test_features_only_matches_feature_info(name):
     torch.manual_seed(0)
     model = timm.create_model(name, features_only=True).eval()
@@ -76,7 +104,7 @@ def test_features_only_matches_feature_info(name):
     assert info.reduction() == [4, 8, 16, 32]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", HEAVY)
 def test_forward_intermediates_agree_with_forward_features(name, built):
     model = built(name)
     x = torch.randn(1, 3, 64, 96)
@@ -116,7 +144,7 @@ def test_torch_compile(name, built):
         torch.testing.assert_close(compiled(x), model(x))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", HEAVY)
 def test_state_dict_round_trip(name, built, tmp_path):
     model = built(name)
     torch.save(model.state_dict(), tmp_path / "sd.pth")
