@@ -1,0 +1,207 @@
+"""MaxViT's multi-axis attention mixers (block and grid attention) and their relative position
+biases, on top of ``attnzoo.kernels.gna``.
+
+Both mixers are gna with ``kernel_size == stride``, so every query attends to exactly the other
+members of its partition (blocked attention; gna's tile is the window, nothing is wasted):
+
+* block attention: non-overlapping ``P x P`` windows: ``gna(kernel=P, stride=P, dilation=1)``.
+* grid attention: a ``G x G`` grid whose members are ``H / G`` (and ``W / G``) apart:
+  ``gna(kernel=G, stride=G, dilation=(H / G, W / G))``. Inside one dilation group the positions
+  ``r, r + H/G, r + 2 H/G, ...`` are consecutive, so the group is one window of ``G`` members and
+  the bias offsets are counted in grid steps, as in timm's ``grid_partition``.
+
+Inputs whose height / width is not a multiple of the partition are zero-padded at the bottom /
+right (after the norm, before qkv, as Swin does for windows) and cropped back; padded keys take
+part in the softmax like any other key (gna has no key mask). At sizes that are multiples, this is
+exactly timm's partition / reverse.
+
+Relative position bias, in gna's convention: ``rpb[h, dy + Ph - 1, dx + Pw - 1]`` is added to the
+logit of a key ``(dy, dx)`` steps below / right of the query, ``rpb: [heads, 2Ph - 1, 2Pw - 1]``.
+Two sources:
+
+* a learned table (``rel_pos='table'``), parameter ``rpb``;
+* a continuous bias (``rel_pos='mlp'``): a 2-layer MLP (``rpb_mlp``, ReLU, dropout 0.125 on the
+  hidden layer) over log-spaced offsets ``sign(d) * log(1 + |d|)`` per axis, evaluated on the
+  ``(2Ph - 1) x (2Pw - 1)`` offsets: still a function of the offset alone, so it yields a table.
+
+timm stores the table in two layouts; ``rpb_from_timm`` converts both (see its docstring).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import Mlp
+
+from attnzoo.kernels import gna
+
+__all__ = [
+    "PartitionAttention2d", "BlockAttention2d", "GridAttention2d",
+    "relative_log_offsets", "rpb_from_timm", "qkv_from_head_first",
+]
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must be an int >= 1 or a pair of them, got {value!r}")
+    return values
+
+
+def relative_log_offsets(partition_size: Tuple[int, int], device=None, dtype=None) -> torch.Tensor:
+    """``[2Ph - 1, 2Pw - 1, 2]``: per axis ``sign(d) * log(1 + |d|)`` of the offset ``d`` at each
+    gna bias index (index ``i`` is the key-minus-query offset ``i - (P - 1)``).
+
+    timm's RelPosMlp (mode 'cr') evaluates its MLP on query-minus-key offsets; the negated
+    offsets here make the same MLP weights give gna's key-minus-query table directly.
+    """
+    axes = [torch.arange(p - 1, -p, -1, device=device, dtype=torch.float32) for p in partition_size]
+    offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    # timm's mode 'cr' coordinates are query - key = -(key - query)
+    return (torch.sign(offsets) * torch.log1p(offsets.abs())).to(dtype or torch.float32)
+
+
+def rpb_from_timm(table: torch.Tensor, partition_size: Tuple[int, int]) -> torch.Tensor:
+    """A timm relative position bias table -> gna's ``[heads, 2Ph - 1, 2Pw - 1]``.
+
+    * ``RelPosBiasTf`` (the TF port, maxvit_*_tf_*): ``[heads, 2Ph - 1, 2Pw - 1]`` indexed by
+      ``key - query + P - 1`` per axis (its one-hot lookup is ``v = m - n + P - 1``): already
+      gna's layout, returned unchanged.
+    * ``RelPosBias`` (Swin layout, maxvit_*_rw_*): ``[(2Ph - 1) * (2Pw - 1), heads]`` indexed by
+      ``(qy - ky + Ph - 1) * (2Pw - 1) + (qx - kx + Pw - 1)``: query minus key, so both axes are
+      flipped and heads move first.
+    """
+    ph, pw = partition_size
+    vocab = (2 * ph - 1, 2 * pw - 1)
+    if table.dim() == 3 and tuple(table.shape[1:]) == vocab:
+        return table
+    if table.dim() == 2 and table.shape[0] == vocab[0] * vocab[1]:
+        return table.t().reshape(table.shape[1], *vocab).flip(1, 2).contiguous()
+    raise ValueError(
+        f"table must be [heads, {vocab[0]}, {vocab[1]}] (TF layout) or [{vocab[0] * vocab[1]}, heads] "
+        f"(Swin layout) for partition {partition_size}, got {tuple(table.shape)}"
+    )
+
+
+def qkv_from_head_first(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """qkv weight / bias whose output channels are ordered (heads, q|k|v, head_dim), as timm's
+    ``head_first=True`` attention, -> this module's (q|k|v, heads, head_dim) order."""
+    rest = t.shape[1:]
+    head_dim = t.shape[0] // (3 * num_heads)
+    return t.reshape(num_heads, 3, head_dim, *rest).transpose(0, 1).reshape(t.shape)
+
+
+class PartitionAttention2d(nn.Module):
+    """Multi-head attention inside the partitions of ``[B, H, W, C]`` (channels-last).
+
+    Args:
+        dim: channels C (a multiple of ``num_heads``).
+        num_heads: attention heads.
+        partition_size: block size P (``'block'``) or grid size G (``'grid'``), int or (h, w).
+        partition: ``'block'`` (P x P windows) or ``'grid'`` (G x G dilated grid).
+        rel_pos: ``'table'`` (learned ``rpb``), ``'mlp'`` (``rpb_mlp`` over log offsets) or None.
+        rel_pos_mlp_dim: hidden width of ``rpb_mlp``.
+        qkv_bias: bias in the qkv and output projections.
+        backend: gna backend for this module (None: dispatch rule; see attnzoo.kernels).
+
+    The qkv projection's output channels are ordered (q|k|v, heads, head_dim).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        partition_size: IntOrPair = 7,
+        *,
+        partition: str = "block",
+        rel_pos: Optional[str] = "table",
+        rel_pos_mlp_dim: int = 512,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        backend: Optional[str] = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if partition not in ("block", "grid"):
+            raise ValueError(f"partition must be 'block' or 'grid', got {partition!r}")
+        if rel_pos not in ("table", "mlp", None):
+            raise ValueError(f"rel_pos must be 'table', 'mlp' or None, got {rel_pos!r}")
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads}) >= 1")
+        dd = dict(device=device, dtype=dtype)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.partition = partition
+        self.partition_size = _pair(partition_size, "partition_size")
+        self.rel_pos = rel_pos
+        self.backend = backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        vocab = tuple(2 * p - 1 for p in self.partition_size)
+        self.rpb = None
+        self.rpb_mlp = None
+        if rel_pos == "table":
+            self.rpb = nn.Parameter(torch.empty(num_heads, *vocab, **dd))
+            nn.init.normal_(self.rpb, std=0.02)
+        elif rel_pos == "mlp":
+            self.rpb_mlp = Mlp(2, rel_pos_mlp_dim, num_heads, act_layer=nn.ReLU, drop=(0.125, 0.0), **dd)
+        self.proj = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def relative_position_bias(self) -> Optional[torch.Tensor]:
+        """``[heads, 2Ph - 1, 2Pw - 1]`` in gna's convention, or None."""
+        if self.rpb is not None:
+            return self.rpb
+        if self.rpb_mlp is not None:
+            w = self.rpb_mlp.fc1.weight
+            offsets = relative_log_offsets(self.partition_size, device=w.device, dtype=w.dtype)
+            return self.rpb_mlp(offsets).permute(2, 0, 1)
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects channels-last [B, H, W, C={self.dim}] input, got shape {tuple(x.shape)}"
+            )
+        b, h, w, _ = x.shape
+        ph, pw = self.partition_size
+        hp, wp = math.ceil(h / ph) * ph, math.ceil(w / pw) * pw
+        if (hp, wp) != (h, w):
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        dilation = (1, 1) if self.partition == "block" else (hp // ph, wp // pw)
+        q, k, v = self.qkv(x).view(b, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
+        out = gna(
+            q, k, v, kernel_size=self.partition_size, stride=self.partition_size, dilation=dilation,
+            rpb=self.relative_position_bias(), scale=self.scale, backend=self.backend,
+        )
+        out = out.reshape(b, hp, wp, self.dim)
+        if (hp, wp) != (h, w):
+            out = out[:, :h, :w]
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, partition={self.partition!r}, "
+            f"partition_size={self.partition_size}, rel_pos={self.rel_pos!r}, backend={self.backend}"
+        )
+
+
+class BlockAttention2d(PartitionAttention2d):
+    """Attention inside non-overlapping ``P x P`` blocks (MaxViT block attention)."""
+
+    def __init__(self, dim: int, num_heads: int, partition_size: IntOrPair = 7, **kwargs):
+        super().__init__(dim, num_heads, partition_size, partition="block", **kwargs)
+
+
+class GridAttention2d(PartitionAttention2d):
+    """Attention inside a ``G x G`` grid dilated over the whole map (MaxViT grid attention)."""
+
+    def __init__(self, dim: int, num_heads: int, partition_size: IntOrPair = 7, **kwargs):
+        super().__init__(dim, num_heads, partition_size, partition="grid", **kwargs)
