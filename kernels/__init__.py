@@ -1,16 +1,28 @@
 """Functional attention ops. Each op has a pure-PyTorch reference and, where written, fused
 Triton kernels, chosen per call by the rule in ``_dispatch.py``.
 
-| op  | folder      | used by                                          |
-|-----|-------------|--------------------------------------------------|
-| gna | ``gna/``    | NAT / DiNAT (more families as they land)         |
+| op                | folder                 | used by                                        |
+|-------------------|------------------------|------------------------------------------------|
+| gna               | ``gna/``               | NAT / DiNAT, MaxViT block + grid, DaViT window |
+| channel_attention | ``channel_attention/`` | DaViT channel blocks                           |
+| halo_attention    | ``halo_attention/``    | HaloNet                                        |
+| dense             | ``dense/``             | SHViT single-head attention                    |
+
+Each folder holds ``_params.py`` (input checks), ``reference.py`` (the specification) and
+``__init__.py`` (the public function and its ``<folder>_op`` dispatcher).
 """
 from ._dispatch import BACKENDS, BackendUnavailableError, default_backend
 from ._flops import OpFlops, count_op_flops
+from .channel_attention import channel_attention, channel_attention_reference
+from .dense import dense_attention, dense_reference
 from .gna import gna, gna_reference
+from .halo_attention import halo_attention, halo_attention_reference
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "default_backend",
     "OpFlops", "count_op_flops",
     "gna", "gna_reference",
+    "channel_attention", "channel_attention_reference",
+    "halo_attention", "halo_attention_reference",
+    "dense_attention", "dense_reference",
 ]

@@ -1,22 +1,37 @@
 """Mixers, position biases and blocks shared by the families (nn.Modules).
 
 Every mixer takes channels-last ``[B, *spatial, C]``, returns the same shape, pads to what its
-op needs and crops back, and keeps ``self.backend`` (see DESIGN.md "Mixer interface").
+op needs and crops back, and keeps ``self.backend`` (see DESIGN.md "Mixer interface"). The
+convolution-heavy families' mixers (HaloNet, SHViT) are the stated exceptions noted below.
 
-| module                    | what                                              | families   |
-|---------------------------|---------------------------------------------------|------------|
-| ``neighborhood_attn.py``  | NeighborhoodAttention{,1d,2d,3d} over gna, RPB    | NAT, DiNAT |
-| ``transformer_block.py``  | TransformerBlock: pre-norm mixer + MLP, layer scale | NAT, DiNAT |
+| module                    | what                                                          | families   |
+|---------------------------|---------------------------------------------------------------|------------|
+| ``neighborhood_attn.py``  | NeighborhoodAttention{,1d,2d,3d} over gna, RPB                | NAT, DiNAT |
+| ``transformer_block.py``  | TransformerBlock: pre-norm mixer + MLP, layer scale           | NAT, DiNAT, MaxViT |
+| ``maxvit_attn.py``        | Block/GridAttention2d over gna (blocked / grid), MaxViT's RPB table or MLP | MaxViT |
+| ``mbconv.py``             | MBConv with squeeze-excitation (NCHW)                         | MaxViT     |
+| ``davit_attn.py``         | WindowAttention2d over gna, ChannelAttention, ConvPosEnc      | DaViT      |
+| ``halo_attn.py``          | HaloAttention2d over halo_attention, factorised relative logits | HaloNet  |
+| ``shvit_attn.py``         | SingleHeadAttention2d over dense on a channel slice, ConvNorm2d (NCHW in and out) | SHViT |
 """
+from .davit_attn import ChannelAttention, ConvPosEnc, WindowAttention, WindowAttention2d
+from .halo_attn import HaloAttention2d
+from .maxvit_attn import BlockAttention2d, GridAttention2d, PartitionAttention2d
+from .mbconv import MBConv
 from .neighborhood_attn import (
     NeighborhoodAttention,
     NeighborhoodAttention1d,
     NeighborhoodAttention2d,
     NeighborhoodAttention3d,
 )
+from .shvit_attn import ConvNorm2d, SingleHeadAttention2d
 from .transformer_block import TransformerBlock
 
 __all__ = [
     "NeighborhoodAttention", "NeighborhoodAttention1d", "NeighborhoodAttention2d", "NeighborhoodAttention3d",
     "TransformerBlock",
+    "PartitionAttention2d", "BlockAttention2d", "GridAttention2d", "MBConv",
+    "WindowAttention", "WindowAttention2d", "ChannelAttention", "ConvPosEnc",
+    "HaloAttention2d",
+    "ConvNorm2d", "SingleHeadAttention2d",
 ]

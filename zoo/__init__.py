@@ -8,5 +8,9 @@ __version__ = "0.1.0"
 
 from ._registry import Published, get_entry, list_models
 from . import nat  # noqa: E402,F401  (registers NAT / DiNAT)
+from . import maxvit  # noqa: E402,F401  (registers MaxViT)
+from . import davit  # noqa: E402,F401  (registers DaViT)
+from . import halonet  # noqa: E402,F401  (registers HaloNet)
+from . import shvit  # noqa: E402,F401  (registers SHViT)
 
 __all__ = ["__version__", "Published", "get_entry", "list_models"]

@@ -127,6 +127,7 @@ class NAT(nn.Module):
         self.drop_rate = drop_rate
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
+        self.output_fmt = "NHWC"  # forward_features layout (timm's attribute, as its Swin)
 
         self.stem = ConvStem(in_chans, embed_dim)
         total = sum(depths)

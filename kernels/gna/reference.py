@@ -26,7 +26,8 @@ Algorithm: queries are cut into tiles of ``T`` positions per axis inside each di
 keys any query of a tile can see lie in a halo of ``W`` positions. Each tile attends densely to its
 gathered halo with a mask, in one batched ``scaled_dot_product_attention``. Memory is
 ``O(N * W^r)``, never ``O(N^2)``; for blocked patterns ``W == T == k`` and nothing is wasted.
-Computation runs in float32 whatever the input dtype; the result is cast back.
+Computation runs in float32 for float16 / bfloat16 / float32 inputs (float64 stays float64); the
+result is cast back to the dtype of q.
 """
 from __future__ import annotations
 
@@ -193,15 +194,16 @@ def gna_reference(
 def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     lay = _layout(params, q.device)
     r = params.rank
-    qt = _to_tiles(q.float(), lay.q_index, lay.q_tiles)
-    kt = _to_tiles(k.float(), lay.k_index, lay.k_tiles)
-    vt = _to_tiles(v.float(), lay.k_index, lay.k_tiles)
+    compute = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; float64 stays float64
+    qt = _to_tiles(q.to(compute), lay.q_index, lay.q_tiles)
+    kt = _to_tiles(k.to(compute), lay.k_index, lay.k_tiles)
+    vt = _to_tiles(v.to(compute), lay.k_index, lay.k_tiles)
 
     bias = None  # [N, H, Tq, Wk] additive logits, shared by the batch
     if rpb is not None:
-        bias = rpb.float().reshape(rpb.shape[0], -1)[:, lay.rel].transpose(0, 1)
+        bias = rpb.to(compute).reshape(rpb.shape[0], -1)[:, lay.rel].transpose(0, 1)
     if lay.mask is not None:
-        outside = torch.zeros(lay.mask.shape, dtype=torch.float32, device=q.device)
+        outside = torch.zeros(lay.mask.shape, dtype=compute, device=q.device)
         outside = outside.masked_fill_(~lay.mask, float("-inf")).unsqueeze(1)
         bias = outside if bias is None else bias + outside
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)  # [B, N, H, Tq, Dv]
