@@ -72,6 +72,9 @@ class _AxisPlan:
     mask: torch.Tensor  # [n, T, W] key inside the query's window
     rel: torch.Tensor  # [n, T, W] rpb index (key - query + k - 1), clamped where masked
     pairs: int  # sum over queries of the keys in their window along this axis
+    # Blocked and divisible (L == d * n_tiles * T, every tile's keys are its own queries): the
+    # tiling is a reshape of the axis into (n_tiles, T, d), so no gather is needed.
+    reshape_only: bool
 
 
 @functools.lru_cache(maxsize=512)
@@ -100,9 +103,10 @@ def _axis_plan(length: int, kernel: int, stride: int, dilation: int, causal: boo
     valid = j < glen
     pairs = int(((end - start) * valid).sum())
     n = d * n_tiles
+    reshape_only = length == d * n_tiles * tile and halo == tile and bool((k_pos == q_pos).all())
     return _AxisPlan(
         tile, halo, q_pos.reshape(n, tile), q_inverse, k_pos.reshape(n, halo),
-        mask.reshape(n, tile, halo), rel.reshape(n, tile, halo), pairs,
+        mask.reshape(n, tile, halo), rel.reshape(n, tile, halo), pairs, reshape_only,
     )
 
 
@@ -127,8 +131,9 @@ class _Layout:
     k_index: List[torch.Tensor]  # per axis [n_a * W_a]
     q_tiles: List[Tuple[int, int]]  # per axis (n_a, T_a)
     k_tiles: List[Tuple[int, int]]  # per axis (n_a, W_a)
-    mask: Optional[torch.Tensor]  # [N, Tq, Wk] key in window; None when every entry is
-    rel: torch.Tensor  # [N, Tq, Wk] flat index into the rpb table of one head
+    mask: Optional[torch.Tensor]  # [N or 1, Tq, Wk] key in window; None when every entry is
+    rel: torch.Tensor  # [N or 1, Tq, Wk] flat index into the rpb table of one head (1: same for every tile)
+    dilation: Optional[Tuple[int, ...]]  # set when every axis is reshape_only: tile by view + permute
 
 
 @torch.compiler.disable  # index bookkeeping, cached per pattern: keep it out of compiled graphs
@@ -151,6 +156,8 @@ def _layout(params: GNAParams, device: torch.device) -> _Layout:
     n, tq, wk = math.prod(grid[:r]), math.prod(grid[r : 2 * r]), math.prod(grid[2 * r :])
     mask = mask.expand(grid).reshape(n, tq, wk)
     rel = rel.expand(grid).reshape(n, tq, wk)
+    if bool((rel == rel[:1]).all()) and bool((mask == mask[:1]).all()):
+        rel, mask = rel[:1], mask[:1]  # every tile sees the same offsets (blocked, divisible): one bias for all
     return _Layout(
         q_index=[p.q_index.reshape(-1).to(device) for p in plans],
         q_inverse=[p.q_inverse.to(device) for p in plans],
@@ -159,7 +166,31 @@ def _layout(params: GNAParams, device: torch.device) -> _Layout:
         k_tiles=[(p.k_index.shape[0], p.halo) for p in plans],
         mask=None if bool(mask.all()) else mask.to(device),
         rel=rel.to(device),
+        dilation=params.dilation if all(p.reshape_only for p in plans) else None,
     )
+
+
+def _to_tiles_by_reshape(x: torch.Tensor, sizes: List[Tuple[int, int]], dilation: Tuple[int, ...]) -> torch.Tensor:
+    """[B, *spatial, H, D] -> [B, N, H, prod(tile), D] when every axis is (n_tiles, T, d): one copy."""
+    r = len(sizes)
+    b, h, dim = x.shape[0], x.shape[-2], x.shape[-1]
+    shape = [b]
+    for (n, t), d in zip(sizes, dilation):
+        shape += [n // d, t, d]
+    x = x.view(shape + [h, dim])
+    # axis a sits at dims (1 + 3a: tiles, 2 + 3a: T, 3 + 3a: d); tile index n = g * n_tiles + tile
+    perm = [0] + [i for a in range(r) for i in (3 + 3 * a, 1 + 3 * a)] + [1 + 3 * r] + [2 + 3 * a for a in range(r)] + [2 + 3 * r]
+    return x.permute(perm).reshape(b, math.prod(n for n, _ in sizes), h, math.prod(t for _, t in sizes), dim)
+
+
+def _from_tiles_by_reshape(out: torch.Tensor, sizes: List[Tuple[int, int]], dilation: Tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``_to_tiles_by_reshape``: [B, N, H, Tq, Dv] -> [B, *spatial, H, Dv]."""
+    r = len(sizes)
+    b, h, dv = out.shape[0], out.shape[2], out.shape[-1]
+    out = out.view([b] + [s for (n, _), d in zip(sizes, dilation) for s in (d, n // d)] + [h] + [t for _, t in sizes] + [dv])
+    # [B, (d_a, tiles_a)..., H, T_a..., Dv] -> [B, (tiles_a, T_a, d_a)..., H, Dv]
+    perm = [0] + [i for a in range(r) for i in (2 + 2 * a, 2 + 2 * r + a, 1 + 2 * a)] + [1 + 2 * r, 2 + 3 * r]
+    return out.permute(perm).reshape([b] + [n * t for n, t in sizes] + [h, dv])
 
 
 def _to_tiles(x: torch.Tensor, index: List[torch.Tensor], sizes: List[Tuple[int, int]]) -> torch.Tensor:
@@ -195,9 +226,12 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
     lay = _layout(params, q.device)
     r = params.rank
     compute = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; float64 stays float64
-    qt = _to_tiles(q.to(compute), lay.q_index, lay.q_tiles)
-    kt = _to_tiles(k.to(compute), lay.k_index, lay.k_tiles)
-    vt = _to_tiles(v.to(compute), lay.k_index, lay.k_tiles)
+    if lay.dilation is not None:
+        qt, kt, vt = (_to_tiles_by_reshape(t.to(compute), lay.q_tiles, lay.dilation) for t in (q, k, v))
+    else:
+        qt = _to_tiles(q.to(compute), lay.q_index, lay.q_tiles)
+        kt = _to_tiles(k.to(compute), lay.k_index, lay.k_tiles)
+        vt = _to_tiles(v.to(compute), lay.k_index, lay.k_tiles)
 
     bias = None  # [N, H, Tq, Wk] additive logits, shared by the batch
     if rpb is not None:
@@ -208,6 +242,8 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
         bias = outside if bias is None else bias + outside
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)  # [B, N, H, Tq, Dv]
 
+    if lay.dilation is not None:
+        return _from_tiles_by_reshape(out, lay.q_tiles, lay.dilation).to(q.dtype)
     b, h, dv = out.shape[0], out.shape[2], out.shape[-1]
     out = out.view([b] + [n for n, _ in lay.q_tiles] + [h] + [t for _, t in lay.q_tiles] + [dv])
     # [B, n1..nr, H, t1..tr, Dv] -> [B, n1, t1, ..., nr, tr, H, Dv]

@@ -402,3 +402,32 @@ def test_matches_natten(name):
     want = na(q, k, v, kernel_size=kernel_size, stride=stride, dilation=dilation, is_causal=is_causal, backend="flex-fna")
     got = gna(q, k, v, *case.pattern)
     assert rel_error(got, want.double()) <= REL_TOL[torch.float32][0]
+
+
+@pytest.mark.parametrize("spatial,kernel,dilation,rpb", [
+    ((14, 21), (7, 7), (1, 1), True),  # block attention, 2 x 3 windows
+    ((12, 18), (3, 3), (4, 6), True),  # grid attention: kernel = stride = grid, dilation = size / grid
+    ((6, 4, 8), (3, 2, 4), (2, 1, 2), False),  # 3-D, mixed
+    ((35,), (5,), (7,), True),  # 1-D grid
+])
+def test_blocked_divisible_patterns_take_the_reshape_path_and_match_the_oracle(spatial, kernel, dilation, rpb):
+    """stride == kernel with every axis a multiple of kernel * dilation: the reference tiles by
+    view + permute (no gathers) and shares one bias across tiles; same answer as the oracle."""
+    from attnzoo.kernels.gna import reference as ref_module
+
+    params = GNAParams(tuple(spatial), tuple(kernel), tuple(kernel), tuple(dilation), (False,) * len(spatial))
+    layout = ref_module._layout(params, torch.device("cpu"))
+    assert layout.dilation == tuple(dilation) and layout.rel.shape[0] == 1
+    g = torch.Generator().manual_seed(7)
+    heads = 3
+    q, k = (torch.randn(2, *spatial, heads, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, *spatial, heads, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(heads, *(2 * x - 1 for x in kernel), generator=g, dtype=torch.float64, requires_grad=True) if rpb else None
+    out = gna(q, k, v, kernel, kernel, dilation, rpb=table)
+    want = gna_oracle(q, k, v, kernel, kernel, dilation, rpb=table)
+    assert rel_error(out, want) < 1e-12
+    inputs = [t for t in (q, k, v, table) if t is not None]
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    want_grads = torch.autograd.grad(want.square().sum(), inputs)
+    for a, b in zip(grads, want_grads):
+        assert rel_error(a, b) < 1e-12
