@@ -302,7 +302,7 @@ def _vs_timm(args: argparse.Namespace, device: torch.device, names: Sequence[str
             set_backend(ours, "reference")
             theirs = _build_at(twin, size, device).to(dtype)
             native = theirs.pretrained_cfg.get("input_size", (3, size, size))[1]
-            row = None
+            row, failures = None, []
             for at in dict.fromkeys((size, native)):  # timm may refuse `size` (HaloNet: multiples of 8 only)
                 torch.manual_seed(0)
                 x = torch.randn(args.batch_size, 3, at, at, device=device, dtype=dtype)
@@ -312,13 +312,13 @@ def _vs_timm(args: argparse.Namespace, device: torch.device, names: Sequence[str
                         t_ours.append(forward_seconds(ours, x, args.warmup, 1))
                         t_timm.append(forward_seconds(theirs, x, args.warmup, 1))
                 except Exception as e:  # reported, not fatal
-                    row = [name, twin, "—", "—", f"n/a {notes.ref(f'{name} at {at}px: {type(e).__name__}: {e}'.strip())}"]
+                    failures.append(f"{name} at {at}px: {type(e).__name__}: {e}".strip())
                     continue
                 a, b = statistics.median(t_ours), statistics.median(t_timm)
                 where = "" if at == size else f" {notes.ref(f'timm refuses {size}px for this model; timed at its native {at}px')}"
                 row = [name + where, twin, f"{a * 1e3:.1f}", f"{b * 1e3:.1f}", f"{a / b:.2f}x"]
                 break
-            rows.append(row)
+            rows.append(row or [name, twin, "—", "—", f"n/a {notes.ref('; '.join(failures))}"])
             del ours, theirs
             gc.collect()
     lines = _markdown_table(["model", "timm twin", "attnzoo (ms)", "timm (ms)", "attnzoo / timm"], rows,

@@ -240,7 +240,13 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
         outside = torch.zeros(lay.mask.shape, dtype=compute, device=q.device)
         outside = outside.masked_fill_(~lay.mask, float("-inf")).unsqueeze(1)
         bias = outside if bias is None else bias + outside
-    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)  # [B, N, H, Tq, Dv]
+    if bias is None or bias.shape[0] == 1:
+        # 4-D inputs: torch's fused CPU / GPU SDPA kernels take those (5-D falls back to the math path)
+        b, n = qt.shape[:2]
+        out = F.scaled_dot_product_attention(qt.flatten(0, 1), kt.flatten(0, 1), vt.flatten(0, 1), attn_mask=bias, scale=scale)
+        out = out.view(b, n, *out.shape[1:])  # [B, N, H, Tq, Dv]
+    else:
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)  # [B, N, H, Tq, Dv]
 
     if lay.dilation is not None:
         return _from_tiles_by_reshape(out, lay.q_tiles, lay.dilation).to(q.dtype)
