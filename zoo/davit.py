@@ -31,6 +31,7 @@ from timm.models._features import feature_take_indices
 
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
 
+from ._common import check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 
 __all__ = ["DaViT", "DaViTConfig", "checkpoint_filter_fn"]
@@ -132,7 +133,7 @@ class NormClassifierHead(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0):
         super().__init__()
-        self.global_pool = _check_pool(global_pool)
+        self.global_pool = check_global_pool(global_pool)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -146,12 +147,6 @@ class NormClassifierHead(nn.Module):
         if not pre_logits:
             x = self.fc(x)
         return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
-
-
-def _check_pool(global_pool: str) -> str:
-    if global_pool not in ("avg", ""):
-        raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-    return global_pool
 
 
 class DaViT(nn.Module):
@@ -181,15 +176,13 @@ class DaViT(nn.Module):
 
         self.stem = Stem(in_chans, embed_dims[0])
         # stochastic depth rises linearly over the dual blocks; both halves of a dual block share it
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        dpr = drop_path_rates(depths, drop_path_rate)
         stages = []
         self.feature_info = []
         for i in range(num_stages):
-            first = sum(depths[:i])
             stages.append(DaViTStage(
                 embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], num_heads[i], window_size, mlp_ratio,
-                dpr[first : first + depths[i]], downsample=i > 0, backend=backend,
+                dpr[i], downsample=i > 0, backend=backend,
             ))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -235,7 +228,7 @@ class DaViT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
-            self.head.global_pool = _check_pool(global_pool)
+            self.head.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -40,6 +40,7 @@ from timm.models._features import feature_take_indices
 
 from attnzoo.layers.halo_attn import HaloAttention2d
 
+from ._common import check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 
 __all__ = ["HaloNet", "HaloNetConfig", "checkpoint_filter_fn"]
@@ -192,8 +193,7 @@ class HaloNet(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         n = len(cfg.layout)
         if not (len(cfg.widths) == len(cfg.strides) == len(cfg.bottle_ratio) == len(cfg.num_heads) == n):
             raise ValueError(f"widths, strides, bottle_ratio and num_heads need one entry per stage ({n})")
@@ -210,8 +210,7 @@ class HaloNet(nn.Module):
         self.stem = Stem(in_chans, cfg.stem_chs, cfg.stem_strides, cfg.stem_kernel, cfg.stem_pool, act_layer)
         reduction = math.prod(cfg.stem_strides) * (2 if cfg.stem_pool else 1)
         depths = [len(s) for s in cfg.layout]
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linspace, as timm's
+        dpr = drop_path_rates(depths, drop_path_rate)
         prev = cfg.stem_chs[-1]
         stages = []
         # as timm's ByobNet: the stem's convolutions are feature 0, then the stages
@@ -228,7 +227,7 @@ class HaloNet(nn.Module):
                 mid = make_divisible((prev if cfg.bottle_in else out) * cfg.bottle_ratio[i])
                 common = dict(
                     conv_shortcut=cfg.conv_shortcut, linear_out=cfg.linear_out,
-                    drop_path=dpr[sum(depths[:i]) + j],
+                    drop_path=dpr[i][j],
                 )
                 if letter == "b":
                     groups = mid // cfg.group_size if cfg.group_size else 1
@@ -301,9 +300,7 @@ class HaloNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head = ClassifierHead(self.num_features, num_classes, self.global_pool, self.drop_rate)
 

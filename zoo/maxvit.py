@@ -43,6 +43,7 @@ from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, qkv_fr
 from attnzoo.layers.mbconv import MBConv
 from attnzoo.layers.transformer_block import TransformerBlock
 
+from ._common import check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 
 __all__ = ["MaxViT", "MaxViTConfig", "checkpoint_filter_fn"]
@@ -165,8 +166,7 @@ class MaxViT(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         if len(embed_dims) != len(depths):
             raise ValueError(f"embed_dims {embed_dims} and depths {depths} must have the same length")
         if partition_size is None:
@@ -189,8 +189,7 @@ class MaxViT(nn.Module):
         mlp_act = get_act_layer(mlp_act)
 
         self.stem = Stem(in_chans, stem_width, stem_bias, get_act_layer(conv_act), conv_eps, padding)
-        total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # timm's linspace, without a tensor
+        rates = drop_path_rates(depths, drop_path_rate)
         stages = []
         # as timm's MaxxVit: the stem output is feature 0, then the four stages
         self.feature_info = [dict(num_chs=stem_width[1], reduction=2, module="stem")]
@@ -201,7 +200,7 @@ class MaxViT(nn.Module):
             heads = dim // dim_head
             blocks = []
             for j in range(depth):
-                dp = rates[sum(depths[:i]) + j]
+                dp = rates[i][j]
                 attn_kwargs = dict(rel_pos=rel_pos, rel_pos_mlp_dim=rel_pos_mlp_dim, backend=backend)
                 blocks.append(MaxViTBlock(
                     MBConv(in_chs, dim, stride=2 if j == 0 else 1, act_layer=conv_act, norm_eps=conv_eps,
@@ -264,9 +263,7 @@ class MaxViT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 

@@ -28,6 +28,7 @@ from timm.models._features import feature_take_indices
 
 from attnzoo.layers import NeighborhoodAttention2d, TransformerBlock
 
+from ._common import check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 
 __all__ = ["NAT", "NATConfig", "checkpoint_filter_fn"]
@@ -115,8 +116,7 @@ class NAT(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         num_stages = len(depths)
         if dilations is None:
             dilations = [[1] * d for d in depths]
@@ -130,15 +130,13 @@ class NAT(nn.Module):
         self.output_fmt = "NHWC"  # forward_features layout (timm's attribute, as its Swin)
 
         self.stem = ConvStem(in_chans, embed_dim)
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linspace, without a tensor
+        dpr = drop_path_rates(depths, drop_path_rate)
         stages = []
         self.feature_info = []
         for i in range(num_stages):
-            first = sum(depths[:i])
             stages.append(NATStage(
                 dims[max(i - 1, 0)], dims[i], depths[i], num_heads[i], kernel_size, dilations[i],
-                mlp_ratio, layer_scale, dpr[first : first + depths[i]], downsample=i > 0, backend=backend,
+                mlp_ratio, layer_scale, dpr[i], downsample=i > 0, backend=backend,
             ))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -181,9 +179,7 @@ class NAT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -39,6 +39,7 @@ from timm.models._features import feature_take_indices
 
 from attnzoo.layers.shvit_attn import ConvNorm2d, SingleHeadAttention2d
 
+from ._common import check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 
 __all__ = ["SHViT", "SHViTConfig", "checkpoint_filter_fn"]
@@ -213,32 +214,25 @@ class SHViT(nn.Module):
             )
         if embed_dims[0] % 8:
             raise ValueError(f"embed_dims[0] must be a multiple of 8 (the stem halves it three times), got {embed_dims[0]}")
-        self._check_pool(global_pool)
+        check_global_pool(global_pool)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = embed_dims[-1]
 
         self.stem = Stem(in_chans, embed_dims[0])
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        dpr = drop_path_rates(depths, drop_path_rate)
         stages = []
         self.feature_info = []
         for i in range(num_stages):
-            first = sum(depths[:i])
             stages.append(SHViTStage(
                 embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], partial_dims[i], qk_dims[i], attention[i],
-                dpr[first : first + depths[i]], residual_bn_init, downsample=i > 0, backend=backend,
+                dpr[i], residual_bn_init, downsample=i > 0, backend=backend,
             ))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=16 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _check_pool(global_pool: str) -> None:
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -266,7 +260,7 @@ class SHViT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
-            self._check_pool(global_pool)
+            check_global_pool(global_pool)
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
