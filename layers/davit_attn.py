@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.kernels import gna
 from attnzoo.kernels.channel_attention import channel_attention
+
+from ._padding import crop_spatial, pad_spatial_end
 
 __all__ = ["WindowAttention", "WindowAttention2d", "ChannelAttention", "ConvPosEnc"]
 
@@ -83,19 +84,12 @@ class WindowAttention(nn.Module):
                 f"channels-last input, got shape {tuple(x.shape)}"
             )
         spatial = x.shape[1:-1]
-        pad = [-s % w for s, w in zip(spatial, self.window_size)]
-        if any(pad):
-            widths = [0, 0]  # F.pad pairs run from the last axis; channels are not padded
-            for p in reversed(pad):
-                widths += [0, p]
-            x = F.pad(x, widths)
+        x = pad_spatial_end(x, [-s % w for s, w in zip(spatial, self.window_size)])
         b, padded = x.shape[0], x.shape[1:-1]
         q, k, v = self.qkv(x).view(b, *padded, 3, self.num_heads, self.head_dim).unbind(-3)
         out = gna(q, k, v, self.window_size, stride=self.window_size, scale=self.scale, backend=self.backend)
         out = out.reshape(b, *padded, self.dim)
-        if any(pad):
-            out = out[(slice(None),) + tuple(slice(0, s) for s in spatial)]
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(crop_spatial(out, spatial)))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, backend={self.backend}"

@@ -32,11 +32,12 @@ import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from timm.layers import Mlp
 
 from attnzoo.kernels import gna
+
+from ._padding import crop_spatial, pad_spatial_end
 
 __all__ = [
     "PartitionAttention2d", "BlockAttention2d", "GridAttention2d",
@@ -173,8 +174,7 @@ class PartitionAttention2d(nn.Module):
         b, h, w, _ = x.shape
         ph, pw = self.partition_size
         hp, wp = math.ceil(h / ph) * ph, math.ceil(w / pw) * pw
-        if (hp, wp) != (h, w):
-            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        x = pad_spatial_end(x, (hp - h, wp - w))
         dilation = (1, 1) if self.partition == "block" else (hp // ph, wp // pw)
         q, k, v = self.qkv(x).view(b, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
         out = gna(
@@ -182,9 +182,7 @@ class PartitionAttention2d(nn.Module):
             rpb=self.relative_position_bias(), scale=self.scale, backend=self.backend,
         )
         out = out.reshape(b, hp, wp, self.dim)
-        if (hp, wp) != (h, w):
-            out = out[:, :h, :w]
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(crop_spatial(out, (h, w))))
 
     def extra_repr(self) -> str:
         return (

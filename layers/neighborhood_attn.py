@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.kernels import gna
+
+from ._padding import crop_spatial, pad_spatial_end
 
 __all__ = ["NeighborhoodAttention", "NeighborhoodAttention1d", "NeighborhoodAttention2d", "NeighborhoodAttention3d"]
 
@@ -92,13 +93,7 @@ class NeighborhoodAttention(nn.Module):
             )
         spatial = x.shape[1:-1]
         need = [k * d for k, d in zip(self.kernel_size, self.dilation)]
-        pad = [max(0, n - s) for n, s in zip(need, spatial)]
-        if any(pad):
-            # F.pad takes (last axis first) pairs; channels come last and are not padded
-            widths = [0, 0]
-            for p in reversed(pad):
-                widths += [0, p]
-            x = F.pad(x, widths)
+        x = pad_spatial_end(x, [max(0, n - s) for n, s in zip(need, spatial)])
         b, padded = x.shape[0], x.shape[1:-1]
         q, k, v = self.qkv(x).view(b, *padded, 3, self.num_heads, self.head_dim).unbind(-3)
         out = gna(
@@ -106,9 +101,7 @@ class NeighborhoodAttention(nn.Module):
             rpb=self.rpb, scale=self.scale, backend=self.backend,
         )
         out = out.reshape(b, *padded, self.dim)
-        if any(pad):
-            out = out[(slice(None),) + tuple(slice(0, s) for s in spatial)]
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(crop_spatial(out, spatial)))
 
     def extra_repr(self) -> str:
         return (
