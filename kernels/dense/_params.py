@@ -1,10 +1,11 @@
 """Input checks for dense attention, shared by every backend."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
+
+from .._checks import check_like, check_tensors, softmax_scale
 
 __all__ = ["check_dense_inputs"]
 
@@ -17,9 +18,7 @@ def check_dense_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     Raises ValueError naming the argument and the accepted range for anything the op cannot
     compute exactly.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_tensors(q=q, k=k, v=v)
     for name, t in (("q", q), ("k", k)):
         if not 4 <= t.dim() <= 3 + MAX_SPATIAL_AXES:
             raise ValueError(
@@ -38,18 +37,10 @@ def check_dense_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
             f"v must be [batch, *key_spatial, heads, v_dim] matching k {tuple(k.shape[:-1])} "
             f"in all but the last axis, got {tuple(v.shape)}"
         )
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+    check_like("q", q, k=k, v=v)
     if min(q.shape) < 1 or min(k.shape) < 1 or v.shape[-1] < 1:
         raise ValueError(
             f"batch, spatial sizes, heads and head dims must be >= 1, got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    if scale is None:
-        return q.shape[-1] ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be None or a finite float, got {scale!r}")
-    return float(scale)
+    return softmax_scale(scale, q.shape[-1])

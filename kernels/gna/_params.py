@@ -1,11 +1,12 @@
 """Argument normalisation and input checks for gna, shared by every backend."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
+
+from .._checks import check_like, check_tensors, softmax_scale
 
 __all__ = ["GNAParams", "check_gna_inputs"]
 
@@ -63,9 +64,7 @@ def check_gna_inputs(
     Raises ValueError naming the argument and the accepted range for anything gna cannot
     compute exactly.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_tensors(q=q, k=k, v=v)
     if q.dim() not in (4, 5, 6):
         raise ValueError(
             "q must be [batch, *spatial, heads, head_dim] with 1, 2 or 3 spatial axes "
@@ -80,11 +79,7 @@ def check_gna_inputs(
             f"v must be [batch, *spatial, heads, v_dim] matching q {tuple(q.shape[:-1])} "
             f"in all but the last axis, got {tuple(v.shape)}"
         )
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+    check_like("q", q, k=k, v=v)
     if q.shape[-1] < 1 or v.shape[-1] < 1 or q.shape[0] < 1 or q.shape[-2] < 1:
         raise ValueError(f"batch, heads and head dims must be >= 1, got q {tuple(q.shape)}, v {tuple(v.shape)}")
 
@@ -115,8 +110,4 @@ def check_gna_inputs(
         if rpb.device != q.device:
             raise ValueError(f"rpb must be on the device of q ({q.device}), got {rpb.device}")
 
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be None or a finite float, got {scale!r}")
-    return GNAParams(spatial, kernel_size, stride, dilation, is_causal), float(scale)
+    return GNAParams(spatial, kernel_size, stride, dilation, is_causal), softmax_scale(scale, q.shape[-1])

@@ -1,11 +1,12 @@
 """Argument checks for halo_attention, shared by every backend."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
+
+from .._checks import check_like, check_tensors, softmax_scale
 
 __all__ = ["HaloParams", "check_halo_inputs"]
 
@@ -55,9 +56,7 @@ def check_halo_inputs(
 
     Raises ValueError naming the argument and the accepted range.
     """
-    for name, t in (("q", q), ("k", k), ("v", v), ("height_rel", height_rel), ("width_rel", width_rel)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_tensors(q=q, k=k, v=v, height_rel=height_rel, width_rel=width_rel)
     block_size = _positive_int("block_size", block_size, 1)
     halo_size = _positive_int("halo_size", halo_size, 0)
     query_stride = _positive_int("query_stride", query_stride, 1)
@@ -96,12 +95,6 @@ def check_halo_inputs(
             raise ValueError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
         if t.device != k.device:
             raise ValueError(f"{name} must be on the device of k ({k.device}), got {t.device}")
-    for name, t in (("q", q), ("v", v)):
-        if t.dtype != k.dtype:
-            raise ValueError(f"{name} must have the dtype of k ({k.dtype}), got {t.dtype}")
+    check_like("k", k, q=q, v=v)
 
-    if scale is None:
-        scale = head_dim ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be None or a finite float, got {scale!r}")
-    return HaloParams((h, w), block_size, halo_size, query_stride), float(scale)
+    return HaloParams((h, w), block_size, halo_size, query_stride), softmax_scale(scale, head_dim)

@@ -1,0 +1,34 @@
+"""Input checks every op's ``_params.py`` shares: each raises ValueError naming the argument."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["check_tensors", "check_like", "softmax_scale"]
+
+
+def check_tensors(**tensors) -> None:
+    """Every argument is a torch.Tensor."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_like(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """Every tensor has the dtype and the device of ``ref``."""
+    for name, t in tensors.items():
+        if t.dtype != ref.dtype:
+            raise ValueError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def softmax_scale(scale: Optional[float], head_dim: int) -> float:
+    """``scale`` as a float, ``head_dim ** -0.5`` when None."""
+    if scale is None:
+        return head_dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be None or a finite float, got {scale!r}")
+    return float(scale)
