@@ -24,6 +24,8 @@ def _extended_requested(config: pytest.Config) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
     run_extended = _extended_requested(config)
+    # Extended tests (every variant against timm, hypothesis sweeps, heavy checks of >100M-param
+    # models) take minutes of CPU each beyond CI's budget on a 2-core machine: opt in to run them.
     skip_extended = pytest.mark.skip(reason="extended test: set ATTNZOO_EXTENDED=1 or run with -m extended")
     has_cuda = None
     for item in items:
