@@ -7,6 +7,8 @@ Triton kernels, chosen per call by the rule in ``_dispatch.py``.
 | channel_attention | ``channel_attention/`` | DaViT channel blocks                           |
 | halo_attention    | ``halo_attention/``    | HaloNet                                        |
 | dense             | ``dense/``             | SHViT single-head attention                    |
+| routed_attention  | ``routed_attention/``  | BiFormer bi-level routing attention            |
+| aggregated_attention | ``aggregated_attention/`` | TransNeXt (stages 1-3; ``length_scaled_attention`` stage 4) |
 
 Each folder holds ``_params.py`` (input checks), ``reference.py`` (the specification) and
 ``__init__.py`` (the public function and its ``<folder>_op`` dispatcher).
@@ -17,6 +19,8 @@ from .channel_attention import channel_attention, channel_attention_reference
 from .dense import dense_attention, dense_reference
 from .gna import gna, gna_reference
 from .halo_attention import halo_attention, halo_attention_reference
+from .routed_attention import route_regions, routed_attention, routed_attention_reference
+from .aggregated_attention import aggregated_attention, aggregated_attention_reference, length_scaled_attention
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "default_backend",
@@ -25,4 +29,6 @@ __all__ = [
     "channel_attention", "channel_attention_reference",
     "halo_attention", "halo_attention_reference",
     "dense_attention", "dense_reference",
+    "routed_attention", "routed_attention_reference", "route_regions",
+    "aggregated_attention", "aggregated_attention_reference", "length_scaled_attention",
 ]

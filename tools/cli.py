@@ -11,11 +11,12 @@ import sys
 from typing import List, Optional, Sequence
 
 from attnzoo import __version__
-from attnzoo.tools import bench
+from attnzoo.tools import bench, bench_routed
 
 # name -> (module, one-line help)
 _COMMANDS = {
     "bench": (bench, "parameters, GFLOPs and images/s of the registered models, as a markdown table"),
+    "bench-routed": (bench_routed, "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
 }
 
 

@@ -12,5 +12,7 @@ from . import maxvit  # noqa: E402,F401  (registers MaxViT)
 from . import davit  # noqa: E402,F401  (registers DaViT)
 from . import halonet  # noqa: E402,F401  (registers HaloNet)
 from . import shvit  # noqa: E402,F401  (registers SHViT)
+from . import biformer  # noqa: E402,F401  (registers BiFormer)
+from . import transnext  # noqa: E402,F401  (registers TransNeXt)
 
 __all__ = ["__version__", "Published", "get_entry", "list_models"]

@@ -174,3 +174,19 @@ def test_vs_timm_times_an_az_model_against_its_twin():
     assert row["timm twin"] == name[3:]
     assert float(row["attnzoo (ms)"]) > 0 and float(row["timm (ms)"]) > 0
     assert row["attnzoo / timm"].endswith("x")
+
+
+def test_bench_routed_times_both_implementations_and_their_memory():
+    proc = _attnzoo("bench-routed", "--batch-size", "1", "--stages", "stage3", "--kinds", "core", "--modes", "fwd+bwd",
+                    "--rounds", "1", "--min-run-time", "0.01", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _table_rows(proc.stdout).values()
+    assert row["pass"] == "fwd+bwd"
+    assert float(row["attnzoo (ms)"]) > 0 and float(row["legacy (ms)"]) > 0
+    assert float(row["attnzoo peak (MiB)"]) > 0 and float(row["legacy peak (MiB)"]) > 0
+    assert float(row["rel. diff of outputs"]) < 1e-5  # the same math in fp32
+
+
+def test_bench_routed_rejects_a_bad_batch_size():
+    proc = _attnzoo("bench-routed", "--batch-size", "0")
+    assert proc.returncode == 2 and "--batch-size" in proc.stderr
