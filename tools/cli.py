@@ -11,12 +11,13 @@ import sys
 from typing import List, Optional, Sequence
 
 from attnzoo import __version__
-from attnzoo.tools import bench, bench_routed
+from attnzoo.tools import bench, bench_routed, install_mmcv
 
 # name -> (module, one-line help)
 _COMMANDS = {
     "bench": (bench, "parameters, GFLOPs and images/s of the registered models, as a markdown table"),
     "bench-routed": (bench_routed, "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
+    "install-mmcv": (install_mmcv, "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
 }
 
 

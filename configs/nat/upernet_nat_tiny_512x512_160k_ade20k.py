@@ -1,0 +1,15 @@
+# NAT-Tiny + UperNet, ADE20K 512x512, 160k iterations (published: 47.1 mIoU, 48.4 multi-scale).
+# Source: SHI-Labs/Neighborhood-Attention-Transformer segmentation/configs/nat/upernet_nat_tiny_512x512_160k_ade20k.py.
+# Upstream recipe: AdamW lr 6e-5, betas (0.9, 0.999), wd 0.01 with none on rpb / norms, linear warm-up 1500
+# iterations (ratio 1e-6) then poly decay (power 1, min 0), batch 16 (8 GPUs x 2), drop path 0.3,
+# ImageNet-1k weights, fp16 with a static loss scale of 512.
+# Set here: the backbone, drop path, fp16. Optimizer, schedule and pipeline: ../_base_/upernet_160k.py.
+_base_ = ['../_base_/upernet_160k.py']
+model = dict(
+    backbone=dict(
+        model_name='nat_tiny',
+        drop_path_rate=0.3,
+        init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='hf-hub:shi-labs/nat-tiny-in1k-224')),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
