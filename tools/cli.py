@@ -1,8 +1,7 @@
 """The ``attnzoo`` command line.
 
 One subcommand per tool module; each module gives ``add_arguments(parser)`` and
-``run(args, argv) -> exit status``. Later subcommands (``bench-ops``, ``train``, ``convert``)
-are added to ``_COMMANDS``.
+``run(args, argv) -> exit status``; ``_COMMANDS`` lists them.
 """
 from __future__ import annotations
 
@@ -11,11 +10,12 @@ import sys
 from typing import List, Optional, Sequence
 
 from attnzoo import __version__
-from attnzoo.tools import bench, bench_routed, install_mmcv
+from attnzoo.tools import bench, bench_ops, bench_routed, install_mmcv
 
 # name -> (module, one-line help)
 _COMMANDS = {
     "bench": (bench, "parameters, GFLOPs and images/s of the registered models, as a markdown table"),
+    "bench-ops": (bench_ops, "gna's fused Triton kernels vs the reference, FlexAttention and dense SDPA per attention pattern, with a roofline"),
     "bench-routed": (bench_routed, "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
     "install-mmcv": (install_mmcv, "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
 }

@@ -1,0 +1,564 @@
+"""Fused Triton kernels for generalized neighborhood attention (forward and backward).
+
+Same semantics, layout and arguments as ``reference.py`` (the specification): ``q, k`` are
+``[B, *spatial, heads, head_dim]``, ``v`` is ``[B, *spatial, heads, v_dim]``, 1 to 3 spatial
+axes, per-axis kernel / stride / dilation / causal, optional ``rpb [heads, 2k-1 per axis]``.
+
+Structure (flash-attention style, one rank-generic implementation):
+
+* Every call is mapped onto a canonical 3-D problem: rank-1 and rank-2 inputs get size-1 leading
+  axes with kernel, stride and dilation 1 (index arithmetic only: the kernels address contiguous
+  ``[B, tokens, heads, dim]`` memory), so one kernel of each kind serves every rank.
+* Queries are cut into multi-dimensional tiles of ``T0 x T1 x T2`` positions inside one dilation
+  group per axis (group coordinates ``j``, input position ``g + d * j``). Window starts and ends are
+  non-decreasing in ``j`` (``window_bounds``), so the keys that some query of a tile can see form
+  one contiguous box (the halo): ``[start(first query), end(last query))`` per axis. The kernel
+  walks that halo in key blocks of ``U0 x U1 x U2`` and masks each (query, key) pair with the same
+  window formulas as the reference; no key outside the halo is ever loaded.
+* Forward: online softmax in base 2 with float32 accumulators, no score matrix in memory; it
+  stores the output and the per-query logsumexp (base 2) for the backward.
+* Backward: ``delta = rowsum(dO * O)`` (float32), then two kernels as in FlashAttention-2: one over
+  query tiles (dq, plus d_rpb) and one over key tiles (dk, dv). A key tile's queries are again one
+  contiguous box: per axis, the queries whose window ends after the tile's first key and starts at
+  or before its last one, found by a binary search over the monotone window bounds.
+* d_rpb: the gradient of a bias entry sums ``dS`` over the batch and over every (query, key) pair
+  with that offset, i.e. over many programs. The dq kernel adds each pair's ``dS`` into a float32
+  ``[heads, table]`` buffer with atomics (cast to the dtype of rpb at the end). A separate
+  reduction kernel would have to re-read or store the full ``dS`` (the score-sized tensor the
+  fused kernels exist to avoid); atomics cost contention on a table of at most a few hundred
+  entries per head but no extra memory traffic. Summation order, hence the last bits of d_rpb,
+  varies from run to run on a GPU.
+* Blocked patterns (``stride == kernel_size``, not causal, every axis a multiple of
+  ``kernel * dilation``, at most 128 positions per window: MaxViT block / grid, window attention)
+  use tiles of exactly one window: a query tile's halo is the tile itself, every (query, key)
+  pair of it is in the window, and the kernels skip the window mask (``WINDOW_MASK=False``); only
+  the lanes padding ``prod(kernel)`` to a power of two are masked, none when ``prod(kernel)``
+  already is a power of two of at least 16 (4x4, 8x8 windows).
+
+Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
+imported) the kernels run on the CPU, on CPU tensors, with one fixed small tile per rank; tests
+use that. The kernels use no ``@jit`` function of Triton's library (``tl.sum``, ``tl.zeros``, ...:
+``tl.reduce`` / ``tl.full`` instead), so the interpreter runs them even when triton itself was
+imported before the variable was set (timm imports it). On CUDA the tiles, warps and stages are
+autotuned per pattern (``_autotune.py``) for problems of at least 2**18 (batch * heads *
+positions); smaller ones, and every launch under ``ATTNZOO_GNA_AUTOTUNE=0``, take the first
+config that survives pruning. The dk/dv kernel runs with one stage (see ``_autotune.configs``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+
+import triton
+import triton.language as tl
+
+from . import _autotune
+from ._params import GNAParams
+
+__all__ = ["gna_triton", "can_run_triton", "INTERPRETER"]
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
+"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
+environment when this module was first imported (Triton decides at decoration time)."""
+# The reverse mix cannot run: triton imported under the interpreter (its library functions are
+# interpreted) but these kernels built for compilation.
+_BUILD_PROBLEM = None
+if not INTERPRETER and type(tl.sum).__name__ == "InterpretedFunction":
+    _BUILD_PROBLEM = ("triton was imported with TRITON_INTERPRET=1 but attnzoo.kernels.gna.triton without it; "
+                      "set it before both imports or before neither")
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = 1.4426950408889634
+
+
+def _head_dim_ok(d: int) -> bool:
+    return 16 <= d <= 128 and d % 8 == 0
+
+
+def can_run_triton(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> Optional[str]:
+    """None when ``gna_triton`` can run these (already validated) inputs, else the reason why not."""
+    if _BUILD_PROBLEM is not None:
+        return _BUILD_PROBLEM
+    if q.device.type != "cuda" and not INTERPRETER:
+        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
+                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
+    if q.dtype not in _DTYPES:
+        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
+    if not _head_dim_ok(q.shape[-1]):
+        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
+    if not _head_dim_ok(v.shape[-1]):
+        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
+    if rpb is not None and rpb.dtype not in _DTYPES:
+        return f"rpb dtype {rpb.dtype} is not supported (float16, bfloat16 or float32)"
+    if q.shape[0] * q.shape[-2] > 65535:
+        return f"batch * heads = {q.shape[0] * q.shape[-2]} exceeds the 65535 programs of a grid axis"
+    if math.prod(params.spatial) * q.shape[-2] * max(q.shape[-1], v.shape[-1]) >= 2**31:
+        return "one batch element has >= 2**31 elements (int32 offsets inside a batch element)"
+    return None
+
+
+# --- device helpers ------------------------------------------------------------------------------
+
+@triton.jit
+def _window(j, glen, K: tl.constexpr, S: tl.constexpr, CAUSAL: tl.constexpr):
+    """Key window [start, end) of group coordinate(s) ``j`` along one axis (reference.window_bounds)."""
+    if CAUSAL:
+        leader = tl.minimum((j // S) * S + S - 1, glen - 1)
+        start = tl.maximum(leader - K + 1, 0)
+        end = j + 1
+    else:
+        leader = tl.minimum((j // S) * S + S // 2, glen - 1)
+        centre = tl.minimum(tl.maximum(leader, K // 2), glen - 1 - (K - 1 - K // 2))
+        start = centre - K // 2
+        end = start + K
+    return start, end
+
+
+@triton.jit
+def _row_sum(x):
+    # tl.reduce with triton's own combine functions, which is what tl.sum / tl.max expand to:
+    # tl.sum and tl.max are @jit library functions that only run under the interpreter when
+    # triton was imported with TRITON_INTERPRET=1, whereas the interpreter recognises these
+    # combine functions (numpy fast path) whichever way triton was imported
+    return tl.reduce(x, 1, tl.standard._sum_combine)
+
+
+@triton.jit
+def _row_max(x):
+    return tl.reduce(x, 1, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _tile_of_axis(idx, L, DIL, T: tl.constexpr):
+    """Tile index along one axis (dilation group major) -> (group, tile in group, group length)."""
+    n_tiles = ((L + DIL - 1) // DIL + T - 1) // T
+    g = idx // n_tiles
+    glen = (L - g + DIL - 1) // DIL
+    return g, idx % n_tiles, glen
+
+
+@triton.jit
+def _tiles_along(L, DIL, T: tl.constexpr):
+    return DIL * (((L + DIL - 1) // DIL + T - 1) // T)
+
+
+@triton.jit
+def _first_after(x, glen, steps, K: tl.constexpr, S: tl.constexpr, CAUSAL: tl.constexpr, USE_END: tl.constexpr):
+    """Smallest j in [0, glen] with end(j) > x (USE_END) or start(j) > x: binary search, both monotone."""
+    lo = glen * 0
+    hi = glen
+    for _ in range(steps):
+        mid = (lo + hi) // 2
+        start, end = _window(mid, glen, K, S, CAUSAL)
+        if USE_END:
+            bound = end
+        else:
+            bound = start
+        active = lo < hi
+        hi = tl.where(active & (bound > x), mid, hi)
+        lo = tl.where(active & (bound <= x), mid + 1, lo)
+    return lo
+
+
+@triton.jit
+def _in_window(i, ws, we, OWN_IS_QUERY: tl.constexpr):
+    """[own, other] mask: key ``i`` in the window [ws, we) of the query, along one axis."""
+    if OWN_IS_QUERY:  # own lanes are queries (rows), other lanes are keys (columns)
+        return (ws[:, None] <= i[None, :]) & (i[None, :] < we[:, None])
+    else:  # own lanes are keys (rows), other lanes are queries (columns)
+        return (ws[None, :] <= i[:, None]) & (i[:, None] < we[None, :])
+
+
+@triton.jit
+def _rel(i, j, K: tl.constexpr, OWN_IS_QUERY: tl.constexpr):
+    """[own, other] rpb coordinate ``key - query + K - 1`` along one axis, clamped into the table."""
+    if OWN_IS_QUERY:
+        r = i[None, :] - j[:, None] + K - 1
+    else:
+        r = i[:, None] - j[None, :] + K - 1
+    return tl.minimum(tl.maximum(r, 0), 2 * K - 2)
+
+
+# --- forward -------------------------------------------------------------------------------------
+
+@triton.jit
+def _gna_fwd_kernel(
+    Q, K, V, RPB, O, LSE,
+    qk_scale,  # softmax scale * log2(e)
+    H, L0, L1, L2, DIL0, DIL1, DIL2, size_bucket,  # size_bucket: autotune key only
+    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+    C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+    HAS_RPB: tl.constexpr, WINDOW_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+    U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n_tok = L0 * L1 * L2
+    nt2 = _tiles_along(L2, DIL2, T2)
+    nt1 = _tiles_along(L1, DIL1, T1)
+    g0, t0, glen0 = _tile_of_axis(pid // (nt2 * nt1), L0, DIL0, T0)
+    g1, t1, glen1 = _tile_of_axis((pid // nt2) % nt1, L1, DIL1, T1)
+    g2, t2, glen2 = _tile_of_axis(pid % nt2, L2, DIL2, T2)
+
+    m = tl.arange(0, BLOCK_M)
+    j0 = t0 * T0 + m // (T1 * T2)
+    j1 = t1 * T1 + (m // T2) % T1
+    j2 = t2 * T2 + m % T2
+    q_ok = (m < T0 * T1 * T2) & (j0 < glen0) & (j1 < glen1) & (j2 < glen2)
+    # queries past a group's end (lanes of a partial tile) take the window of its last query, as
+    # in the reference: their rows stay finite and are never stored
+    j0 = tl.minimum(j0, glen0 - 1)
+    j1 = tl.minimum(j1, glen1 - 1)
+    j2 = tl.minimum(j2, glen2 - 1)
+    ws0, we0 = _window(j0, glen0, K0, S0, C0)
+    ws1, we1 = _window(j1, glen1, K1, S1, C1)
+    ws2, we2 = _window(j2, glen2, K2, S2, C2)
+    hs0, _ = _window(tl.minimum(t0 * T0, glen0 - 1), glen0, K0, S0, C0)
+    hs1, _ = _window(tl.minimum(t1 * T1, glen1 - 1), glen1, K1, S1, C1)
+    hs2, _ = _window(tl.minimum(t2 * T2, glen2 - 1), glen2, K2, S2, C2)
+    _, he0 = _window(tl.minimum(t0 * T0 + T0 - 1, glen0 - 1), glen0, K0, S0, C0)
+    _, he1 = _window(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, K1, S1, C1)
+    _, he2 = _window(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, K2, S2, C2)
+
+    base = b.to(tl.int64) * n_tok * H + h  # row of (b, token 0, h) in the [B * tokens * H] row space
+    q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
+    od = tl.arange(0, BLOCK_D)
+    ov = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
+
+    n = tl.arange(0, BLOCK_N)
+    nb0 = (he0 - hs0 + U0 - 1) // U0
+    nb1 = (he1 - hs1 + U1 - 1) // U1
+    nb2 = (he2 - hs2 + U2 - 1) // U2
+    for kb in range(0, nb0 * nb1 * nb2):
+        i0 = hs0 + (kb // (nb2 * nb1)) * U0 + n // (U1 * U2)
+        i1 = hs1 + ((kb // nb2) % nb1) * U1 + (n // U2) % U1
+        i2 = hs2 + (kb % nb2) * U2 + n % U2
+        k_ok = (n < U0 * U1 * U2) & (i0 < he0) & (i1 < he1) & (i2 < he2)
+        k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
+        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
+        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if WINDOW_MASK:
+            mask = k_ok[None, :] & _in_window(i0, ws0, we0, True) & _in_window(i1, ws1, we1, True) \
+                & _in_window(i2, ws2, we2, True)
+        else:
+            mask = k_ok[None, :] & (m[:, None] >= 0)
+        if HAS_RPB:
+            rel = (_rel(i0, j0, K0, True) * (2 * K1 - 1) + _rel(i1, j1, K1, True)) * (2 * K2 - 1) + _rel(i2, j2, K2, True)
+            table = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
+            s += tl.load(RPB + h * table + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+        if WINDOW_MASK or (U0 * U1 * U2 != BLOCK_N):
+            s = tl.where(mask, s, float("-inf"))
+        m_new = tl.maximum(m_i, _row_max(s))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key in this block yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + _row_sum(p)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
+    tl.store(LSE + q_row, m_i + tl.log2(l_safe), mask=q_ok)
+
+
+# --- backward ------------------------------------------------------------------------------------
+
+@triton.jit
+def _gna_bwd_dq_kernel(
+    Q, K, V, RPB, DO, LSE, DELTA, DQ, DRPB,
+    qk_scale, scale,
+    H, L0, L1, L2, DIL0, DIL1, DIL2, size_bucket,
+    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+    C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+    HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, WINDOW_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+    U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per query tile: dq = scale * sum_keys dS k, and d_rpb += dS (atomics), dS = P (dP - delta)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n_tok = L0 * L1 * L2
+    nt2 = _tiles_along(L2, DIL2, T2)
+    nt1 = _tiles_along(L1, DIL1, T1)
+    g0, t0, glen0 = _tile_of_axis(pid // (nt2 * nt1), L0, DIL0, T0)
+    g1, t1, glen1 = _tile_of_axis((pid // nt2) % nt1, L1, DIL1, T1)
+    g2, t2, glen2 = _tile_of_axis(pid % nt2, L2, DIL2, T2)
+
+    m = tl.arange(0, BLOCK_M)
+    j0 = t0 * T0 + m // (T1 * T2)
+    j1 = t1 * T1 + (m // T2) % T1
+    j2 = t2 * T2 + m % T2
+    q_ok = (m < T0 * T1 * T2) & (j0 < glen0) & (j1 < glen1) & (j2 < glen2)
+    j0 = tl.minimum(j0, glen0 - 1)
+    j1 = tl.minimum(j1, glen1 - 1)
+    j2 = tl.minimum(j2, glen2 - 1)
+    ws0, we0 = _window(j0, glen0, K0, S0, C0)
+    ws1, we1 = _window(j1, glen1, K1, S1, C1)
+    ws2, we2 = _window(j2, glen2, K2, S2, C2)
+    hs0, _ = _window(tl.minimum(t0 * T0, glen0 - 1), glen0, K0, S0, C0)
+    hs1, _ = _window(tl.minimum(t1 * T1, glen1 - 1), glen1, K1, S1, C1)
+    hs2, _ = _window(tl.minimum(t2 * T2, glen2 - 1), glen2, K2, S2, C2)
+    _, he0 = _window(tl.minimum(t0 * T0 + T0 - 1, glen0 - 1), glen0, K0, S0, C0)
+    _, he1 = _window(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, K1, S1, C1)
+    _, he2 = _window(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, K2, S2, C2)
+
+    base = b.to(tl.int64) * n_tok * H + h
+    q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
+    od = tl.arange(0, BLOCK_D)
+    ov = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+    do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
+    delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+
+    n = tl.arange(0, BLOCK_N)
+    nb0 = (he0 - hs0 + U0 - 1) // U0
+    nb1 = (he1 - hs1 + U1 - 1) // U1
+    nb2 = (he2 - hs2 + U2 - 1) // U2
+    for kb in range(0, nb0 * nb1 * nb2):
+        i0 = hs0 + (kb // (nb2 * nb1)) * U0 + n // (U1 * U2)
+        i1 = hs1 + ((kb // nb2) % nb1) * U1 + (n // U2) % U1
+        i2 = hs2 + (kb % nb2) * U2 + n % U2
+        k_ok = (n < U0 * U1 * U2) & (i0 < he0) & (i1 < he1) & (i2 < he2)
+        k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
+        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
+        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        # invalid query lanes carry lse = 0 and would give huge p: mask them too
+        mask = q_ok[:, None] & k_ok[None, :]
+        if WINDOW_MASK:
+            mask = mask & _in_window(i0, ws0, we0, True) & _in_window(i1, ws1, we1, True) & _in_window(i2, ws2, we2, True)
+        if HAS_RPB:
+            rel = (_rel(i0, j0, K0, True) * (2 * K1 - 1) + _rel(i1, j1, K1, True)) * (2 * K2 - 1) + _rel(i2, j2, K2, True)
+            table = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
+            s += tl.load(RPB + h * table + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        if RPB_GRAD:
+            tl.atomic_add(DRPB + h * table + rel, ds, mask=mask)
+
+    tl.store(DQ + q_row[:, None] * D + od[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=q_ok[:, None] & (od[None, :] < D))
+
+
+@triton.jit
+def _gna_bwd_dkdv_kernel(
+    Q, K, V, RPB, DO, LSE, DELTA, DK, DV_OUT,
+    qk_scale, scale,
+    H, L0, L1, L2, DIL0, DIL1, DIL2, size_bucket, search_steps,
+    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+    C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+    HAS_RPB: tl.constexpr, WINDOW_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+    U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Per key tile (T0 x T1 x T2 keys): dv = sum_queries P^T dO, dk = scale * sum_queries dS^T q."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n_tok = L0 * L1 * L2
+    nt2 = _tiles_along(L2, DIL2, T2)
+    nt1 = _tiles_along(L1, DIL1, T1)
+    g0, t0, glen0 = _tile_of_axis(pid // (nt2 * nt1), L0, DIL0, T0)
+    g1, t1, glen1 = _tile_of_axis((pid // nt2) % nt1, L1, DIL1, T1)
+    g2, t2, glen2 = _tile_of_axis(pid % nt2, L2, DIL2, T2)
+
+    m = tl.arange(0, BLOCK_M)
+    i0 = t0 * T0 + m // (T1 * T2)
+    i1 = t1 * T1 + (m // T2) % T1
+    i2 = t2 * T2 + m % T2
+    k_ok = (m < T0 * T1 * T2) & (i0 < glen0) & (i1 < glen1) & (i2 < glen2)
+    # the queries that see some key of the tile: a contiguous range per axis (monotone windows)
+    qs0 = _first_after(tl.minimum(t0 * T0, glen0 - 1), glen0, search_steps, K0, S0, C0, True)
+    qs1 = _first_after(tl.minimum(t1 * T1, glen1 - 1), glen1, search_steps, K1, S1, C1, True)
+    qs2 = _first_after(tl.minimum(t2 * T2, glen2 - 1), glen2, search_steps, K2, S2, C2, True)
+    qe0 = _first_after(tl.minimum(t0 * T0 + T0 - 1, glen0 - 1), glen0, search_steps, K0, S0, C0, False)
+    qe1 = _first_after(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, search_steps, K1, S1, C1, False)
+    qe2 = _first_after(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, search_steps, K2, S2, C2, False)
+
+    base = b.to(tl.int64) * n_tok * H + h
+    k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
+    od = tl.arange(0, BLOCK_D)
+    ov = tl.arange(0, BLOCK_DV)
+    k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
+    v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    dk = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
+
+    n = tl.arange(0, BLOCK_N)
+    nb0 = (qe0 - qs0 + U0 - 1) // U0
+    nb1 = (qe1 - qs1 + U1 - 1) // U1
+    nb2 = (qe2 - qs2 + U2 - 1) // U2
+    for qb in range(0, nb0 * nb1 * nb2):
+        j0 = qs0 + (qb // (nb2 * nb1)) * U0 + n // (U1 * U2)
+        j1 = qs1 + ((qb // nb2) % nb1) * U1 + (n // U2) % U1
+        j2 = qs2 + (qb % nb2) * U2 + n % U2
+        q_ok = (n < U0 * U1 * U2) & (j0 < qe0) & (j1 < qe1) & (j2 < qe2)
+        q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
+        q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+        do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
+        delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
+        s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [keys, queries]
+        mask = k_ok[:, None] & q_ok[None, :]
+        if WINDOW_MASK:
+            ws0, we0 = _window(j0, glen0, K0, S0, C0)
+            ws1, we1 = _window(j1, glen1, K1, S1, C1)
+            ws2, we2 = _window(j2, glen2, K2, S2, C2)
+            mask = mask & _in_window(i0, ws0, we0, False) & _in_window(i1, ws1, we1, False) & _in_window(i2, ws2, we2, False)
+        if HAS_RPB:
+            rel = (_rel(i0, j0, K0, False) * (2 * K1 - 1) + _rel(i1, j1, K1, False)) * (2 * K2 - 1) + _rel(i2, j2, K2, False)
+            table = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
+            s += tl.load(RPB + h * table + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+        p = tl.where(mask, tl.exp2(s - lse[None, :]), 0.0)
+        dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[None, :])
+        dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    tl.store(DK + k_row[:, None] * D + od[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=k_ok[:, None] & (od[None, :] < D))
+    tl.store(DV_OUT + k_row[:, None] * DV + ov[None, :], dv.to(DV_OUT.dtype.element_ty),
+             mask=k_ok[:, None] & (ov[None, :] < DV))
+
+
+# --- host side -----------------------------------------------------------------------------------
+
+def _canonical(params: GNAParams) -> Tuple[tuple, tuple, tuple, tuple, tuple]:
+    """The pattern as a 3-D one: size-1 leading axes with kernel, stride and dilation 1."""
+    pad = 3 - params.rank
+    return (
+        (1,) * pad + params.spatial,
+        (1,) * pad + params.kernel_size,
+        (1,) * pad + params.stride,
+        (1,) * pad + params.dilation,
+        (False,) * pad + params.is_causal,
+    )
+
+
+class _Launch:
+    """Everything the three kernels share for one call: canonical pattern and launch arguments."""
+
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, params: GNAParams, has_rpb: bool, scale: float):
+        spatial, kernel, stride, dilation, causal = _canonical(params)
+        self.batch, self.heads, self.d, self.dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
+        self.spatial, self.kernel, self.dilation = spatial, kernel, dilation
+        self.blocked = _autotune.is_blocked(spatial, kernel, stride, dilation, causal)
+        self.rank = params.rank
+        self.runtime = dict(H=self.heads, L0=spatial[0], L1=spatial[1], L2=spatial[2],
+                            DIL0=dilation[0], DIL1=dilation[1], DIL2=dilation[2],
+                            size_bucket=_autotune.size_bucket(spatial))
+        self.meta = dict(
+            K0=kernel[0], K1=kernel[1], K2=kernel[2], S0=stride[0], S1=stride[1], S2=stride[2],
+            C0=causal[0], C1=causal[1], C2=causal[2], HAS_RPB=has_rpb, WINDOW_MASK=not self.blocked,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            D=self.d, DV=self.dv, BLOCK_D=max(16, triton.next_power_of_2(self.d)),
+            BLOCK_DV=max(16, triton.next_power_of_2(self.dv)),
+        )
+        self.qk_scale = scale * _LOG2E
+        self.scale = scale
+        self.search_steps = max(math.ceil(n / d) for n, d in zip(spatial, dilation)).bit_length() + 1
+
+    def grid(self, meta) -> Tuple[int, int]:
+        tiles = 1
+        for n, d, t in zip(self.spatial, self.dilation, (meta["T0"], meta["T1"], meta["T2"])):
+            tiles *= d * triton.cdiv(triton.cdiv(n, d), t)
+        return (tiles, self.batch * self.heads)
+
+    def fixed_config(self, which: str, kwargs: dict) -> Optional[dict]:
+        """Meta-parameters when they are not autotuned (blocked fast path, interpreter, small
+        problems, ``ATTNZOO_GNA_AUTOTUNE=0``), in the forward's roles; None: autotune."""
+        if self.blocked:
+            return _autotune.blocked_config(self.kernel)
+        if INTERPRETER:
+            return _autotune.interpreter_config(self.rank)
+        if not _autotune.should_tune(self.batch * self.heads * math.prod(self.spatial)):
+            config = _autotune.default_config(which, kwargs)
+            return _autotune.swap_roles(config) if which == "dkdv" else config
+        return None
+
+    def launch(self, which: str, *args, **extra) -> None:
+        kwargs = dict(self.runtime, **extra, **self.meta)
+        config = self.fixed_config(which, kwargs)
+        if config is None:
+            kernel = _autotune.tuned(which, _KERNELS[which])
+            kernel[self.grid](*args, **kwargs)
+            return
+        tiles = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+        if which == "dkdv":  # own tile = keys, inner blocks = queries
+            tiles = _autotune.swap_roles(tiles)
+        launch_kwargs = {} if INTERPRETER else dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
+        _KERNELS[which][self.grid(tiles)](*args, **kwargs, **tiles, **launch_kwargs)
+
+
+_KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_dkdv_kernel}
+
+
+class _GNAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, params: GNAParams, scale: float):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        rpb_c = rpb.contiguous() if rpb is not None else None
+        run = _Launch(q, v, params, rpb is not None, scale)
+        out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # [B, *spatial, H], base 2
+        run.launch("fwd", q, k, v, rpb_c if rpb_c is not None else q, out, lse, run.qk_scale)
+        ctx.save_for_backward(q, k, v, rpb_c, out, lse)
+        ctx.run = run
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rpb, out, lse = ctx.saved_tensors
+        run: _Launch = ctx.run
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1)  # [B, *spatial, H]
+        rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+        dq = torch.empty_like(q)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        drpb = torch.zeros(rpb.shape, dtype=torch.float32, device=q.device) if rpb_grad else None
+        rpb_arg = rpb if rpb is not None else q
+        # without an rpb gradient DRPB is never written; a 1-element stand-in (not q: autotuning
+        # zeroes DRPB before each timed run)
+        drpb_arg = drpb if rpb_grad else torch.zeros(1, dtype=torch.float32, device=q.device)
+        run.launch("dq", q, k, v, rpb_arg, grad_out, lse, delta, dq, drpb_arg,
+                   run.qk_scale, run.scale, RPB_GRAD=rpb_grad)
+        run.launch("dkdv", q, k, v, rpb_arg, grad_out, lse, delta, dk, dv,
+                   run.qk_scale, run.scale, search_steps=run.search_steps)
+        return dq, dk, dv, (drpb.to(rpb.dtype) if rpb_grad else None), None, None
+
+
+def gna_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GNAParams,
+               rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """gna on the fused Triton kernels; inputs already validated (``check_gna_inputs``) and
+    accepted by ``can_run_triton``. Returns ``[B, *spatial, heads, v_dim]`` in the dtype of q."""
+    return _GNAFunction.apply(q, k, v, rpb, params, scale)
