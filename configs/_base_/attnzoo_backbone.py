@@ -38,3 +38,22 @@ ms_crop = dict(type='RandomChoice', transforms=[
      dict(type='RandomCrop', crop_type='absolute_range', crop_size=(384, 600), allow_negative_crop=True),
      dict(type='RandomChoiceResize', scales=_short_sides, keep_ratio=True)],
 ])
+
+# The 3x switch a family's Mask R-CNN 3x config applies on top of its own 1x config: 36 epochs,
+# steps at 27 and 33, multi-scale + crop training (as mmdet 3's
+# configs/swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py):
+#   _base_ = ['./mask-rcnn_<model>_fpn_1x_coco.py']
+#   train_cfg = dict(max_epochs=36)
+#   param_scheduler = {{_base_.param_scheduler_3x}}
+#   train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_3x}}))
+param_scheduler_3x = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True, milestones=[27, 33], gamma=0.1),
+]
+train_pipeline_3x = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomFlip', prob=0.5),
+    ms_crop,
+    dict(type='PackDetInputs'),
+]

@@ -3,13 +3,10 @@
 # (0.9, 0.999), wd 0.05 on every parameter (no paramwise exclusions), linear warm-up 500 iterations, 36 epochs
 # with steps at 27 and 33, DETR-style multi-scale + crop training, batch 16 (8 GPUs x 2), drop path 0.2,
 # a LayerNorm on each output, fp32, ImageNet-1k weights.
-# Set here: the backbone, drop path, no weight-decay exclusions. Optimizer, schedule and pipeline:
-# ../_base_/mask_rcnn_fpn_3x.py.
-_base_ = ['../_base_/mask_rcnn_fpn_3x.py']
-model = dict(
-    backbone=dict(
-        model_name='az_davit_tiny',
-        drop_path_rate=0.2,
-        init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='hf-hub:timm/davit_tiny.msft_in1k')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
-optim_wrapper = dict(paramwise_cfg=dict(_delete_=True))
+# ../_base_/attnzoo_backbone.py (3x switch).
+# Everything but the schedule and the training pipeline comes from ./mask-rcnn_az_davit_tiny_fpn_1x_coco.py.
+_base_ = ['./mask-rcnn_az_davit_tiny_fpn_1x_coco.py']
+model = dict(backbone=dict(drop_path_rate=0.2))  # 0.1 in the 1x config
+train_cfg = dict(max_epochs=36)
+param_scheduler = {{_base_.param_scheduler_3x}}
+train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_3x}}))

@@ -64,6 +64,10 @@ def test_config_loads_and_necks_match_the_backbone(path):
     assert cfg.custom_imports["imports"] == ["attnzoo.mm"]
     assert cfg.model.backbone.type == "AttnZooBackbone"
     assert cfg.model.backbone.model_name in attnzoo.list_models()
+    if "_3x_" in path.name:  # the 3x switch on top of the family's 1x config
+        assert cfg.train_cfg.max_epochs == 36
+        assert cfg.param_scheduler[-1]["milestones"] == [27, 33]
+        assert any(step["type"] == "RandomChoice" for step in cfg.train_dataloader.dataset.pipeline)
     channels = _backbone_channels(cfg)
     if "neck" in cfg.model:
         assert list(cfg.model.neck.in_channels) == channels
