@@ -153,39 +153,47 @@ def _train_one_iteration(model, batch, cfg) -> None:
     assert not torch.equal(before, after), "the optimizer step did not move the backbone"
 
 
-@pytest.mark.parametrize("path", DET_1X, ids=_id)
-def test_detector_trains_one_iteration_and_predicts(path, tmp_path):
-    from mmdet.registry import DATASETS, MODELS
+def _train_and_predict(path: Path, scope: str, data: dict, scale, adjust=lambda cfg: None):
+    """Builds the config's model and datasets (data fields replaced by ``data``, resizes by
+    ``scale``), trains one iteration on both images and returns the prediction for the first."""
+    import importlib
 
+    registry = importlib.import_module(f"{scope}.registry")
     torch.manual_seed(0)
     cfg = Config.fromfile(str(path))
     import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope("mmdet")
+    init_default_scope(scope)
     _offline_cpu(cfg)
-    _write_coco(tmp_path)
-    test_cfg = cfg.model.test_cfg
-    for stage in ("rcnn", None):  # keep every box: a random detector scores below the 0.05 default
-        if stage is None and "score_thr" in test_cfg:
-            test_cfg.score_thr = 0.0
-        elif stage in test_cfg:
-            test_cfg[stage].score_thr = 0.0
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    adjust(cfg)
+    model = revert_sync_batchnorm(registry.MODELS.build(cfg.model))
     model.init_weights()
-
-    train_ds = cfg.train_dataloader.dataset
-    train_ds.update(data_root=str(tmp_path), ann_file="ann.json", data_prefix=dict(img="img/"))
-    _small_scale(train_ds.pipeline, (160, 128))
-    dataset = DATASETS.build(train_ds)
-    assert len(dataset) == 2
-    _train_one_iteration(model, pseudo_collate([dataset[0], dataset[1]]), cfg)
-
-    test_ds = cfg.test_dataloader.dataset
-    test_ds.update(data_root=str(tmp_path), ann_file="ann.json", data_prefix=dict(img="img/"))
-    _small_scale(test_ds.pipeline, (160, 128))
+    datasets = []
+    for ds in (cfg.train_dataloader.dataset, cfg.test_dataloader.dataset):
+        ds.update(**data)
+        _small_scale(ds.pipeline, scale)
+        datasets.append(registry.DATASETS.build(ds))
+    assert len(datasets[0]) == 2
+    _train_one_iteration(model, pseudo_collate([datasets[0][0], datasets[0][1]]), cfg)
     model.eval()
     with torch.no_grad():
-        (result,) = model.test_step(pseudo_collate([DATASETS.build(test_ds)[0]]))
-    pred = result.pred_instances
+        (result,) = model.test_step(pseudo_collate([datasets[1][0]]))
+    return result
+
+
+def _keep_every_box(cfg: Config) -> None:
+    """A randomly initialised detector scores below the 0.05 default threshold."""
+    test_cfg = cfg.model.test_cfg
+    if "rcnn" in test_cfg:
+        test_cfg.rcnn.score_thr = 0.0
+    elif "score_thr" in test_cfg:
+        test_cfg.score_thr = 0.0
+
+
+@pytest.mark.parametrize("path", DET_1X, ids=_id)
+def test_detector_trains_one_iteration_and_predicts(path, tmp_path):
+    _write_coco(tmp_path)
+    data = dict(data_root=str(tmp_path), ann_file="ann.json", data_prefix=dict(img="img/"))
+    pred = _train_and_predict(path, "mmdet", data, (160, 128), _keep_every_box).pred_instances
     assert pred.bboxes.ndim == 2 and pred.bboxes.shape[1] == 4 and len(pred.bboxes) > 0
     assert torch.isfinite(pred.bboxes).all()
     if path.name.startswith("mask-rcnn_"):
@@ -194,31 +202,12 @@ def test_detector_trains_one_iteration_and_predicts(path, tmp_path):
 
 @pytest.mark.parametrize("path", SEG, ids=_id)
 def test_upernet_trains_one_iteration_and_predicts(path, tmp_path):
-    from mmseg.registry import DATASETS, MODELS
-
-    torch.manual_seed(0)
-    cfg = Config.fromfile(str(path))
-    import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope("mmseg")
-    _offline_cpu(cfg)
     _write_ade(tmp_path)
-    cfg.model.data_preprocessor.size = (64, 64)
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    model.init_weights()
+    data = dict(data_root=str(tmp_path), data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"))
 
-    train_ds = cfg.train_dataloader.dataset
-    train_ds.update(data_root=str(tmp_path), data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"))
-    _small_scale(train_ds.pipeline, (128, 64))
-    dataset = DATASETS.build(train_ds)
-    assert len(dataset) == 2
-    _train_one_iteration(model, pseudo_collate([dataset[0], dataset[1]]), cfg)
+    def small_crops(cfg):
+        cfg.model.data_preprocessor.size = (64, 64)
 
-    test_ds = cfg.test_dataloader.dataset
-    test_ds.update(data_root=str(tmp_path), data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"))
-    _small_scale(test_ds.pipeline, (128, 64))
-    model.eval()
-    with torch.no_grad():
-        (result,) = model.test_step(pseudo_collate([DATASETS.build(test_ds)[0]]))
-    seg = result.pred_sem_seg.data
+    seg = _train_and_predict(path, "mmseg", data, (128, 64), small_crops).pred_sem_seg.data
     assert seg.shape == (1, 72, 96)  # at the original image size
     assert int(seg.min()) >= 0 and int(seg.max()) < 150
