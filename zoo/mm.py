@@ -98,15 +98,9 @@ def _read_checkpoint(checkpoint: str) -> Dict[str, torch.Tensor]:
         path = checkpoint
     else:
         raise FileNotFoundError(f"init_cfg checkpoint {checkpoint!r} is neither a file, an http(s) URL nor 'hf-hub:<org>/<repo>[/<filename>]'")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            return state[key]
-    return state
+    # timm's reader: safetensors or a torch pickle (weights_only), unwrapped from 'state_dict' /
+    # 'model', DDP's 'module.' prefix removed.
+    return timm.models.load_state_dict(path, use_ema=False, weights_only=True)
 
 
 class AttnZooBackbone(BaseModule):
