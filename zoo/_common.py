@@ -1,9 +1,13 @@
 """Small pieces every family file shares (timm conventions)."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["check_global_pool", "drop_path_rates"]
+import torch
+from torch import nn
+from timm.models import checkpoint_seq
+
+__all__ = ["StagedModel", "check_global_pool", "drop_path_rates", "run_blocks"]
 
 GLOBAL_POOLS = ("avg", "")
 
@@ -22,3 +26,29 @@ def drop_path_rates(depths: Sequence[int], drop_path_rate: float) -> List[List[f
     total = sum(depths)
     flat = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     return [flat[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(len(depths))]
+
+
+def run_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``stage.blocks(x)``, under timm's gradient checkpointing when ``stage.grad_checkpointing``
+    is set (every family's stage has both attributes)."""
+    if stage.grad_checkpointing and not torch.jit.is_scripting():
+        return checkpoint_seq(stage.blocks, x)
+    return stage.blocks(x)
+
+
+class StagedModel(nn.Module):
+    """Base of every family's model: a ``stem`` and ``stages`` (each with ``grad_checkpointing``),
+    parameters named ``stem.*`` / ``stages.<i>.*``. Gives timm's ``set_grad_checkpointing`` and
+    ``group_matcher`` (coarse: one group per stage; fine: the family's ``fine_groups``, timm's
+    ``(regex, suffix)`` pairs). ``attnzoo.mm`` freezes stages through the coarse groups."""
+
+    fine_groups: Tuple[Tuple[str, Optional[Tuple[int, ...]]], ...] = ()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else list(self.fine_groups))
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
 
-from ._common import check_global_pool, drop_path_rates
+from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 
 __all__ = ["DaViT", "DaViTConfig", "checkpoint_filter_fn"]
@@ -121,9 +121,7 @@ class DaViTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self, x)
 
 
 class NormClassifierHead(nn.Module):
@@ -149,8 +147,15 @@ class NormClassifierHead(nn.Module):
         return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
 
 
-class DaViT(nn.Module):
+class DaViT(StagedModel):
     """DaViT backbone with a classification head (timm model conventions)."""
+
+    # timm's fine parameter groups after the stem (StagedModel.group_matcher)
+    fine_groups = (
+        (r"^stages\.(\d+)\.downsample", (0,)),
+        (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+        (r"^head\.norm", (99999,)),
+    )
 
     def __init__(
         self,
@@ -205,22 +210,6 @@ class DaViT(nn.Module):
         """Nothing beyond what timm's optimizer factory already exempts (1-D parameters): DaViT has no
         position tables, and timm's DaVit declares none, so training matches timm's."""
         return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^head\.norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -35,12 +35,12 @@ import torch
 from torch import nn
 import timm
 from timm.layers import BatchNormAct2d, ConvNormAct, DropPath, get_act_layer, get_attn, make_divisible
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.halo_attn import HaloAttention2d
 
-from ._common import check_global_pool, drop_path_rates
+from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 
 __all__ = ["HaloNet", "HaloNetConfig", "checkpoint_filter_fn"]
@@ -143,9 +143,7 @@ class HaloStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self, x)
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -178,7 +176,7 @@ class HaloNetConfig:
     linear_out: bool = False  # no activation after the residual sum
 
 
-class HaloNet(nn.Module):
+class HaloNet(StagedModel):
     """HaloNet backbone with a classification head (timm model conventions)."""
 
     def __init__(
@@ -288,11 +286,6 @@ class HaloNet(nn.Module):
                 (r"^final_conv", (99999,)),
             ],
         )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

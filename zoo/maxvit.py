@@ -36,14 +36,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import BatchNormAct2d, create_conv2d, get_act_layer, resize_rel_pos_bias_table
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_arch_pretrained_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, qkv_from_head_first, rpb_from_timm
 from attnzoo.layers.mbconv import MBConv
 from attnzoo.layers.transformer_block import TransformerBlock
 
-from ._common import check_global_pool, drop_path_rates
+from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 
 __all__ = ["MaxViT", "MaxViTConfig", "checkpoint_filter_fn"]
@@ -83,9 +83,7 @@ class MaxViTStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self, x)
 
 
 class ClassifierHead(nn.Module):
@@ -125,7 +123,7 @@ class ClassifierHead(nn.Module):
         return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
 
 
-class MaxViT(nn.Module):
+class MaxViT(StagedModel):
     """MaxViT backbone with a classification head (timm model conventions).
 
     Args:
@@ -142,6 +140,12 @@ class MaxViT(nn.Module):
         tf_port: the TF configuration (see the module docstring) instead of timm's ``_rw_`` one.
         backend: gna backend for every mixer.
     """
+
+    # timm's fine parameter groups after the stem (StagedModel.group_matcher)
+    fine_groups = (
+        (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+        (r"^norm", (99999,)),
+    )
 
     def __init__(
         self,
@@ -241,21 +245,6 @@ class MaxViT(nn.Module):
     def no_weight_decay(self) -> set:
         """Full names of the relative position bias parameters (tables and bias MLPs)."""
         return {n for n, _ in self.named_parameters() if n.endswith(".rpb") or ".rpb_mlp." in n}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

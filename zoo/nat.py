@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers import NeighborhoodAttention2d, TransformerBlock
 
-from ._common import check_global_pool, drop_path_rates
+from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 
 __all__ = ["NAT", "NATConfig", "checkpoint_filter_fn"]
@@ -91,13 +91,18 @@ class NATStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self, x)
 
 
-class NAT(nn.Module):
+class NAT(StagedModel):
     """NAT / DiNAT backbone with a classification head (timm model conventions)."""
+
+    # timm's fine parameter groups after the stem (StagedModel.group_matcher)
+    fine_groups = (
+        (r"^stages\.(\d+)\.downsample", (0,)),
+        (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+        (r"^norm", (99999,)),
+    )
 
     def __init__(
         self,
@@ -156,22 +161,6 @@ class NAT(nn.Module):
     def no_weight_decay(self) -> set:
         """Full names of the relative position bias tables (timm's optimizer factory matches names exactly)."""
         return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

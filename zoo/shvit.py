@@ -34,12 +34,12 @@ import timm
 import torch
 from torch import nn
 from timm.layers import DropPath, SEModule, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.shvit_attn import ConvNorm2d, SingleHeadAttention2d
 
-from ._common import check_global_pool, drop_path_rates
+from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 
 __all__ = ["SHViT", "SHViTConfig", "checkpoint_filter_fn"]
@@ -148,9 +148,7 @@ class SHViTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self, x)
 
 
 class Stem(nn.Module):
@@ -185,8 +183,14 @@ class NormLinear(nn.Module):
         return self.fc(self.norm(x))
 
 
-class SHViT(nn.Module):
+class SHViT(StagedModel):
     """SHViT backbone with a classification head (timm model conventions), NCHW."""
+
+    # timm's fine parameter groups after the stem (StagedModel.group_matcher)
+    fine_groups = (
+        (r"^stages\.(\d+)\.downsample", (0,)),
+        (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+    )
 
     output_fmt = "NCHW"
 
@@ -238,21 +242,6 @@ class SHViT(nn.Module):
     def no_weight_decay(self) -> set:
         """Nothing beyond what timm's optimizer factory already exempts (biases and norm scales)."""
         return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -41,13 +41,13 @@ import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.convglu import ConvolutionalGLU
 from attnzoo.layers.transnext_attn import AggregatedAttention2d, LengthScaledAttention2d
 
-from ._common import check_global_pool, drop_path_rates
+from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 
 __all__ = ["TransNeXt", "TransNeXtConfig", "checkpoint_filter_fn"]
@@ -123,14 +123,10 @@ class TransNeXtStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self, x))
 
 
-class TransNeXt(nn.Module):
+class TransNeXt(StagedModel):
     """TransNeXt backbone with a classification head (timm model conventions).
 
     Args:
@@ -143,6 +139,13 @@ class TransNeXt(nn.Module):
         cpb_hidden: hidden width of the CPB MLPs (512).
         backend: aggregated_attention backend of every mixer (None: dispatch rule).
     """
+
+    # timm's fine parameter groups after the stem (StagedModel.group_matcher)
+    fine_groups = (
+        (r"^stages\.(\d+)\.downsample", (0,)),
+        (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+        (r"^stages\.(\d+)\.norm", (99999,)),
+    )
 
     def __init__(
         self,
@@ -218,22 +221,6 @@ class TransNeXt(nn.Module):
         query_embedding, relative_pos_bias_local, cpb, temperature; timm matches names exactly)."""
         keywords = ("query_embedding", "relative_pos_bias_local", "cpb", "temperature")
         return {name for name, _ in self.named_parameters() if any(k in name for k in keywords)}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^stages\.(\d+)\.norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
