@@ -1,4 +1,5 @@
-"""Input checks every op's ``_params.py`` shares: each raises ValueError naming the argument."""
+"""Input checks every op's ``_params.py`` (and the mixers in layers/) share: each raises
+ValueError naming the argument."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,14 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_tensors", "check_like", "softmax_scale"]
+__all__ = ["check_int", "check_tensors", "check_like", "softmax_scale"]
+
+
+def check_int(name: str, value, minimum: int = 1, odd: bool = False) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum`` (and odd when ``odd``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (odd and value % 2 == 0):
+        raise ValueError(f"{name} must be an {'odd ' if odd else ''}int >= {minimum}, got {value!r}")
+    return value
 
 
 def check_tensors(**tensors) -> None:

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from attnzoo.kernels._checks import check_int
 from attnzoo.kernels.dense import dense_attention
 from attnzoo.kernels.routed_attention import routed_attention
 
@@ -24,15 +25,9 @@ from ._padding import crop_spatial, pad_spatial_end
 __all__ = ["BiLevelRoutingAttention2d", "AttentionLePE2d"]
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _lepe(dim: int, kernel_size: int, dd: dict) -> Optional[nn.Conv2d]:
     """LePE: ``kernel_size`` x ``kernel_size`` depthwise convolution, zero 'same' padding; None for 0."""
-    _check_int("side_dwconv", kernel_size, 0)
+    check_int("side_dwconv", kernel_size, 0)
     if kernel_size == 0:
         return None
     if kernel_size % 2 == 0:
@@ -89,10 +84,10 @@ class BiLevelRoutingAttention2d(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        _check_int("dim", dim, 1)
-        _check_int("num_heads", num_heads, 1)
-        _check_int("num_regions", num_regions, 1)
-        qk_dim = dim if qk_dim is None else _check_int("qk_dim", qk_dim, 1)
+        check_int("dim", dim, 1)
+        check_int("num_heads", num_heads, 1)
+        check_int("num_regions", num_regions, 1)
+        qk_dim = dim if qk_dim is None else check_int("qk_dim", qk_dim, 1)
         if qk_dim % num_heads or dim % num_heads:
             raise ValueError(f"qk_dim ({qk_dim}) and dim ({dim}) must be multiples of num_heads ({num_heads})")
         regions = num_regions * num_regions
@@ -168,8 +163,8 @@ class AttentionLePE2d(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        _check_int("dim", dim, 1)
-        _check_int("num_heads", num_heads, 1)
+        check_int("dim", dim, 1)
+        check_int("num_heads", num_heads, 1)
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads})")
         self.dim = dim

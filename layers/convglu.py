@@ -8,6 +8,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from attnzoo.kernels._checks import check_int
+
 __all__ = ["ConvolutionalGLU"]
 
 
@@ -43,11 +45,9 @@ class ConvolutionalGLU(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+        check_int("in_features", in_features)
+        check_int("hidden_features", hidden_features)
+        check_int("kernel_size", kernel_size, odd=True)
         out_features = out_features or in_features
         dd = dict(device=device, dtype=dtype)
         self.in_features = in_features

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnzoo.kernels._checks import check_int
 from attnzoo.kernels.aggregated_attention import aggregated_attention, length_scaled_attention
 
 __all__ = ["AggregatedAttention2d", "LengthScaledAttention2d", "ContinuousPositionBias", "relative_position_table"]
@@ -121,8 +122,7 @@ class ContinuousPositionBias(nn.Module):
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be an int >= 1, got {num_heads!r}")
+    check_int("num_heads", num_heads)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1 or dim % num_heads:
         raise ValueError(f"dim ({dim!r}) must be a positive multiple of num_heads ({num_heads})")
 
@@ -210,10 +210,8 @@ class AggregatedAttention2d(_CosineAttentionBase):
     ):
         dd = dict(device=device, dtype=dtype)
         super().__init__(dim, num_heads, pretrain_size, cpb_hidden, proj_drop, backend, dd)
-        if isinstance(sr_ratio, bool) or not isinstance(sr_ratio, int) or sr_ratio < 1:
-            raise ValueError(f"sr_ratio must be an int >= 1, got {sr_ratio!r}")
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
-            raise ValueError(f"window_size must be an odd int >= 1, got {window_size!r}")
+        check_int("sr_ratio", sr_ratio)
+        check_int("window_size", window_size, odd=True)
         self.sr_ratio = sr_ratio
         self.window_size = window_size
         local = window_size * window_size

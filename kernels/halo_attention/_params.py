@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_like, check_tensors, softmax_scale
+from .._checks import check_int, check_like, check_tensors, softmax_scale
 
 __all__ = ["HaloParams", "check_halo_inputs"]
 
@@ -35,12 +35,6 @@ class HaloParams:
         return self.spatial[0] // self.block_size, self.spatial[1] // self.block_size
 
 
-def _positive_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def check_halo_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -57,9 +51,9 @@ def check_halo_inputs(
     Raises ValueError naming the argument and the accepted range.
     """
     check_tensors(q=q, k=k, v=v, height_rel=height_rel, width_rel=width_rel)
-    block_size = _positive_int("block_size", block_size, 1)
-    halo_size = _positive_int("halo_size", halo_size, 0)
-    query_stride = _positive_int("query_stride", query_stride, 1)
+    block_size = check_int("block_size", block_size, 1)
+    halo_size = check_int("halo_size", halo_size, 0)
+    query_stride = check_int("query_stride", query_stride, 1)
     if block_size % query_stride:
         raise ValueError(f"query_stride must divide block_size ({block_size}), got {query_stride}")
 

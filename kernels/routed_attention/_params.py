@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_like, check_tensors, softmax_scale
+from .._checks import check_int, check_like, check_tensors, softmax_scale
 
 __all__ = ["RoutedParams", "check_routed_inputs", "check_route_inputs"]
 
@@ -29,15 +29,9 @@ class RoutedParams:
         return self.num_regions * self.num_regions
 
 
-def _int_at_least(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_qk(q: torch.Tensor, k: torch.Tensor, num_regions) -> int:
     check_tensors(q=q, k=k)
-    num_regions = _int_at_least("num_regions", num_regions, 1)
+    num_regions = check_int("num_regions", num_regions, 1)
     if q.dim() != 5:
         raise ValueError(f"q must be [batch, H, W, heads, head_dim] (5 dims), got shape {tuple(q.shape)}")
     if not q.is_floating_point():
