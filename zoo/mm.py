@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -61,8 +62,6 @@ def _stage_of(name: str, stem: str, blocks) -> Optional[int]:
     ``stem`` / ``blocks`` are the model's ``group_matcher(coarse=True)``: a regex, or timm's list of
     ``(regex, suffix)`` whose regexes capture the stage index (others, like a final conv, are not stages).
     """
-    import re
-
     if re.match(stem, name):
         return -1
     for pattern in ([blocks] if isinstance(blocks, str) else [p for p, _ in blocks]):
