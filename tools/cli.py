@@ -1,40 +1,67 @@
 """The ``attnzoo`` command line.
 
-One subcommand per tool module; each module gives ``add_arguments(parser)`` and
-``run(args, argv) -> exit status``; ``_COMMANDS`` lists them.
+One sub-command per tool module. ``COMMANDS`` maps each name to the module's import path and a
+one-line help; the module gives ``add_arguments(parser)`` and ``run(args, argv) -> exit status``
+and is imported only when its sub-command is named, so ``attnzoo --help`` imports neither torch
+nor the models (the console script enters through ``attnzoo_cli``, which runs this file without
+importing the ``attnzoo`` package). This file imports nothing heavy at module level.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from attnzoo import __version__
-from attnzoo.tools import bench, bench_ops, bench_routed, install_mmcv
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-# name -> (module, one-line help)
-_COMMANDS = {
-    "bench": (bench, "parameters, GFLOPs and images/s of the registered models, as a markdown table"),
-    "bench-ops": (bench_ops, "gna's fused Triton kernels vs the reference, FlexAttention and dense SDPA per attention pattern, with a roofline"),
-    "bench-routed": (bench_routed, "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
-    "install-mmcv": (install_mmcv, "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
+# name -> (module import path, one-line help). Add a command with one line here.
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "bench": ("attnzoo.tools.bench", "parameters, GFLOPs and latency of the registered models, as a markdown table"),
+    "bench-ops": ("attnzoo.tools.bench_ops", "gna's fused Triton kernels vs the reference, FlexAttention and dense SDPA per attention pattern, with a roofline"),
+    "bench-routed": ("attnzoo.tools.bench_routed", "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
+    "install-mmcv": ("attnzoo.tools.install_mmcv", "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _VersionAction(argparse.Action):
+    """``--version``: reads the installed distribution's version only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("attnzoo")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        print(f"attnzoo {text}")
+        parser.exit()
+
+
+def build_parser(load: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; the sub-commands named in ``load`` get their module's arguments (the module is
+    imported), the others only their name and help."""
     parser = argparse.ArgumentParser(prog="attnzoo", description="attnzoo: vision backbones from one library of attention mixers.")
-    parser.add_argument("--version", action="version", version=f"attnzoo {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print the installed attnzoo version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in _COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
-        module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+    for name, (module_path, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name in load:
+            module = importlib.import_module(module_path)
+            sub.description = (module.__doc__ or help_text).strip().splitlines()[0]
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    # The only top-level option (--version) takes no value, so the first non-option is the command.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(load=[command] if command in COMMANDS else []).parse_args(argv)
     return args._run(args, argv[argv.index(args.command) + 1:])
 
 

@@ -1,9 +1,11 @@
 """``attnzoo bench`` end to end (in a subprocess) and the FLOP accounting behind it."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +31,55 @@ def _attnzoo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "attnzoo.tools.cli", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
+
+
+_HELP_PROBE = """
+import json, sys
+import attnzoo_cli
+try:
+    attnzoo_cli.main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps(dict(code=code, heavy=sorted(m for m in ("torch", "timm", "attnzoo", "numpy") if m in sys.modules))))
+"""
+
+
+def _help_probe(*args: str) -> tuple:
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_neither_torch_nor_the_models_and_prints_no_warning():
+    from attnzoo.tools.cli import COMMANDS
+
+    proc, report = _help_probe("--help")
+    assert report == {"code": 0, "heavy": []}
+    assert proc.stderr == ""
+    for name, (_, help_text) in COMMANDS.items():
+        assert name in proc.stdout
+    # The installed console script goes through the same light entry point.
+    script = Path(sys.executable).with_name("attnzoo")
+    if script.is_file():
+        proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert all(name in proc.stdout for name in COMMANDS)
+
+
+def test_version_and_unknown_command_stay_light():
+    proc, report = _help_probe("--version")
+    assert report == {"code": 0, "heavy": []}
+    assert proc.stdout.startswith("attnzoo ")
+    proc, report = _help_probe("no-such-command")
+    assert report == {"code": 2, "heavy": []}
+    assert "invalid choice: 'no-such-command'" in proc.stderr and "bench" in proc.stderr
+
+
+def test_a_sub_command_loads_its_module_only_when_named():
+    proc, report = _help_probe("bench", "--help")
+    assert report["code"] == 0 and "torch" in report["heavy"]
+    assert "--models" in proc.stdout and "bench-routed" not in proc.stdout
+    assert "No CUDA runtime" not in proc.stderr
 
 
 def _table_rows(stdout: str) -> dict:

@@ -85,10 +85,12 @@ def test_wheel_installs_and_runs_in_fresh_venv(tmp_path):
     for f in ("attnzoo/__init__.py", "attnzoo/layers/__init__.py", "attnzoo/kernels/gna/reference.py", "attnzoo/tools/cli.py"):
         assert f in files, f"{f} missing from the wheel"
     top_level = {f.split("/")[0] for f in files}
-    assert top_level == {"attnzoo", metadata.split("/")[0]}, f"the wheel must install only attnzoo, got {sorted(top_level)}"
+    # attnzoo_cli.py: the console script's entry, which does not import the attnzoo package (fast --help).
+    assert top_level == {"attnzoo", "attnzoo_cli.py", metadata.split("/")[0]}, (
+        f"the wheel must install only attnzoo and its console-script entry, got {sorted(top_level)}")
     requires = {re.match(r"[A-Za-z0-9._-]+", r).group().lower() for r in meta.get_all("Requires-Dist")}
     assert {"torch", "timm"} <= requires, requires
-    assert "attnzoo = attnzoo.tools.cli:main" in entry_points
+    assert "attnzoo = attnzoo_cli:main" in entry_points
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
