@@ -4,16 +4,26 @@ Each family file declares its variants as data and calls ``register_family`` onc
 creates one timm entrypoint per name (timm's ``register_model``), refusing any name that timm
 already has, so importing attnzoo never changes what an existing ``timm.create_model`` name
 builds.
+
+The entrypoint is where the arguments every family shares are handled once: timm's factory
+arguments ``device=`` / ``dtype=`` (``create_model(name, device='meta')`` builds without
+allocating) and ``backend=`` (checked here, so a bad name fails at ``create_model``, not at the
+first forward).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import timm.models._registry as timm_registry
+import torch
+from torch import nn
 
-__all__ = ["Published", "ModelEntry", "register_family", "list_models", "get_entry", "timm_builtin_names"]
+from .kernels import BACKENDS
+
+__all__ = ["Published", "ModelEntry", "build", "families", "register_family", "list_models", "get_entry", "timm_builtin_names"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ def register_family(family: str, module_name: str, create: Callable, variants: D
             raise ValueError(f"model name {name!r} is registered twice")
 
         def entrypoint(pretrained: bool = False, _name: str = name, **kwargs):
-            return create(_name, pretrained=pretrained, **kwargs)
+            return build(create, _name, pretrained=pretrained, **kwargs)
 
         entrypoint.__name__ = entrypoint.__qualname__ = name
         entrypoint.__module__ = module_name
@@ -68,9 +78,52 @@ def register_family(family: str, module_name: str, create: Callable, variants: D
         _ENTRIES[name] = ModelEntry(name, family, published, entrypoint)
 
 
+def _check_factory_args(name: str, device, dtype, backend) -> None:
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
+        raise ValueError(f"{name}: backend must be None or one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"{name}: dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), "
+                         f"got {dtype!r}")
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{name}: device must be a torch.device or a device string ('cpu', 'cuda:0', 'meta'), "
+                             f"got {device!r}") from e
+
+
+def build(create: Callable, name: str, pretrained: bool = False, *, device=None, dtype=None, **kwargs) -> nn.Module:
+    """``create(name, pretrained=..., **kwargs)`` with timm's factory arguments applied.
+
+    ``device``: every parameter and buffer is created there (construction runs under
+    ``torch.device(device)``, so ``'meta'`` allocates nothing); a final ``.to(device)`` moves any
+    tensor a constructor pinned elsewhere. ``dtype``: floating-point parameters and buffers are
+    converted to it after construction (integer index buffers stay integer), so tables computed
+    at construction keep fp32 accuracy. ``backend`` is validated here and passed on.
+    """
+    _check_factory_args(name, device, dtype, kwargs.get("backend"))
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = create(name, pretrained=pretrained, **kwargs)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def families() -> List[str]:
+    """The registered family names, in registration order."""
+    return list(dict.fromkeys(e.family for e in _ENTRIES.values()))
+
+
 def list_models(family: Optional[str] = None) -> List[str]:
-    """Registered attnzoo model names (optionally of one family), in registration order."""
-    return [n for n, e in _ENTRIES.items() if family is None or e.family == family]
+    """Registered attnzoo model names (optionally of one family, matched case-insensitively), in
+    registration order. An unknown family raises ValueError naming the registered ones."""
+    if family is None:
+        return list(_ENTRIES)
+    wanted = family.casefold() if isinstance(family, str) else None
+    names = [n for n, e in _ENTRIES.items() if e.family.casefold() == wanted]
+    if not names:
+        raise ValueError(f"unknown attnzoo family {family!r}; registered families: {', '.join(families())}")
+    return names
 
 
 def get_entry(name: str) -> ModelEntry:

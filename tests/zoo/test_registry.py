@@ -56,3 +56,79 @@ def test_registering_a_timm_name_is_refused():
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown attnzoo model 'nat_huge'"):
         attnzoo.get_entry("nat_huge")
+
+
+# The smallest model of each family (as timm's suite runs them in tests/timm_suite).
+SMALLEST = ("nat_mini", "dinat_mini", "az_maxvit_rmlp_pico_rw_256", "az_maxvit_tiny_tf_224", "az_davit_tiny",
+            "az_halonet26t", "az_shvit_s1", "biformer_tiny", "transnext_micro")
+
+
+def test_smallest_list_covers_every_family():
+    assert {_registry.get_entry(n).family for n in SMALLEST} == set(_registry.families())
+
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_factory_device_and_dtype_reach_every_parameter_and_buffer(name):
+    import torch
+
+    model = timm.create_model(name, device="meta", dtype=torch.bfloat16)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert tensors
+    misplaced = [n for n, t in tensors.items() if t.device.type != "meta"]
+    assert not misplaced, misplaced[:5]
+    wrong_dtype = [n for n, t in tensors.items() if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong_dtype, wrong_dtype[:5]
+    # Index tables keep their integer type.
+    assert all(t.dtype in (torch.bfloat16, torch.int64, torch.int32, torch.bool) for t in tensors.values())
+
+
+def test_factory_arguments_build_the_same_model_as_the_default():
+    import torch
+
+    torch.manual_seed(0)
+    ref = timm.create_model("az_shvit_s1")
+    torch.manual_seed(0)
+    built = timm.create_model("az_shvit_s1", device="cpu", dtype=torch.float64)
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    ref_sd = ref.state_dict()
+    for k, v in built.state_dict().items():  # same seed: the same initial values, converted after construction
+        assert v.dtype == (torch.float64 if ref_sd[k].is_floating_point() else ref_sd[k].dtype), k
+        assert torch.equal(v.to(ref_sd[k].dtype), ref_sd[k]), k
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    assert built.eval()(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backend="bogus"), r"nat_mini: backend must be None or one of 'reference', 'triton', got 'bogus'"),
+    (dict(backend=3), r"backend must be None or one of 'reference', 'triton', got 3"),
+    (dict(dtype="bfloat16"), r"dtype must be a floating-point torch.dtype .* got 'bfloat16'"),
+    (dict(device="no_such_device"), r"device must be a torch.device or a device string .* got 'no_such_device'"),
+])
+def test_bad_factory_arguments_fail_at_create_model(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("nat_mini", **kwargs)
+
+
+def test_integer_dtype_is_refused():
+    import torch
+
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype .* got torch.int64"):
+        timm.create_model("nat_mini", device="meta", dtype=torch.int64)
+
+
+def test_an_unknown_constructor_argument_is_still_a_type_error():
+    with pytest.raises(TypeError):
+        timm.create_model("nat_mini", device="meta", not_a_model_arg=1)
+
+
+def test_list_models_family_is_case_insensitive():
+    assert attnzoo.list_models("nat") == attnzoo.list_models("NAT") == attnzoo.list_models("Nat")
+    assert attnzoo.list_models("nat") and all(n.startswith("nat_") for n in attnzoo.list_models("nat"))
+    assert attnzoo.list_models("DINAT") == [n for n in attnzoo.list_models() if n.startswith("dinat_")]
+    by_family = [n for f in _registry.families() for n in attnzoo.list_models(f.lower())]
+    assert sorted(by_family) == sorted(attnzoo.list_models())
+
+
+def test_unknown_family_raises_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown attnzoo family 'swin'; registered families: NAT, DiNAT, .*TransNeXt"):
+        attnzoo.list_models("swin")
