@@ -24,7 +24,6 @@ run channels-last ``[B, H, W, C]``; ``forward_features`` returns NCHW like upstr
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.biformer_attn import AttentionLePE2d, BiLevelRoutingAttention2d
@@ -41,6 +40,7 @@ from attnzoo.layers.davit_attn import ConvPosEnc
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["BiFormer", "BiFormerConfig", "checkpoint_filter_fn"]
 
@@ -365,17 +365,6 @@ def _cfg(url: str) -> Dict:
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg(url) for name, (_, _, url) in _VARIANTS.items()})
 
 
-def _download(name: str) -> str:
-    """The authors' checkpoint of ``name`` in torch hub's cache, under a name of its own: the three
-    OneDrive urls all end in '/content', so timm's url loader would cache them as one file."""
-    url = _VARIANTS[name][2]
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", f"{name}_in1k.pth")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.hub.download_url_to_file(url, path, progress=True)
-    return path
-
-
 def _create(name: str, pretrained: bool = False, **kwargs) -> BiFormer:
     cfg = _VARIANTS[name][0]
     model_args = dict(
@@ -383,13 +372,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> BiFormer:
         num_regions=cfg.num_regions, mlp_ratio=cfg.mlp_ratio, side_dwconv=cfg.side_dwconv,
     )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    if pretrained:
-        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-        given = kwargs.get("pretrained_cfg")
-        if not overlay.get("file") and not overlay.get("hf_hub_id") and not (isinstance(given, dict) and given.get("file")):
-            overlay["file"] = _download(name)
-        kwargs["pretrained_cfg_overlay"] = overlay
-    return build_model_with_cfg(
+    return build_model(
         BiFormer, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),

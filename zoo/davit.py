@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["DaViT", "DaViTConfig", "checkpoint_filter_fn"]
 
@@ -356,7 +357,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> DaViT:
         window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio,
     )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_model(
         DaViT, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),

@@ -35,13 +35,14 @@ import torch
 from torch import nn
 import timm
 from timm.layers import BatchNormAct2d, ConvNormAct, DropPath, get_act_layer, get_attn, make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.halo_attn import HaloAttention2d
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["HaloNet", "HaloNetConfig", "checkpoint_filter_fn"]
 
@@ -466,7 +467,7 @@ default_cfgs = generate_default_cfgs({
 def _create(name: str, pretrained: bool = False, **kwargs) -> HaloNet:
     timm_name = _VARIANTS[name][0]
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4))
-    return build_model_with_cfg(
+    return build_model(
         HaloNet, name, pretrained,
         cfg=_CONFIGS[timm_name],
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import BatchNormAct2d, create_conv2d, get_act_layer, resize_rel_pos_bias_table
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs
+from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, qkv_from_head_first, rpb_from_timm
@@ -45,6 +45,7 @@ from attnzoo.layers.transformer_block import TransformerBlock
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["MaxViT", "MaxViTConfig", "checkpoint_filter_fn"]
 
@@ -455,7 +456,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> MaxViT:
         layer_scale=cfg.layer_scale, tf_port=cfg.tf_port,
     )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4))
-    return build_model_with_cfg(
+    return build_model(
         MaxViT, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),

@@ -23,14 +23,14 @@ The backbone contract is MMDetection's:
   transformer families (Swin, NAT, BiFormer, TransNeXt, DaViT) add; ``None`` for none.
 * ``init_cfg=dict(type="Pretrained", checkpoint=...)``: a local file (safetensors or a torch
   pickle, read with ``weights_only=True``), ``hf-hub:<org>/<repo>[/<filename>]`` or an http(s) URL
-  (downloaded once into torch's hub cache). The family's
+  (downloaded once into attnzoo's cache under a name derived from the whole URL), verified by
+  ``attnzoo.hub`` (sha256 against the Hub's, finite floating tensors, dtypes, shapes). The family's
   ``checkpoint_filter_fn`` runs first, so timm's, attnzoo's and the authors' checkpoint formats all
   load; a key the model lacks (other than the classifier and the parts pruned away) is an error.
 """
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -40,6 +40,7 @@ import torch.nn as nn
 import timm
 
 from ._registry import get_entry
+from .hub import check_state_dict, fetch_checkpoint, read_state_dict
 
 try:
     from mmengine.model import BaseModule
@@ -71,35 +72,12 @@ def _stage_of(name: str, stem: str, blocks) -> Optional[int]:
     return None
 
 
-def _read_checkpoint(checkpoint: str) -> Dict[str, torch.Tensor]:
-    if checkpoint.startswith("hf-hub:"):
-        from huggingface_hub import hf_hub_download
-
-        parts = checkpoint[len("hf-hub:"):].strip("/").split("/")
-        if len(parts) < 2:
-            raise ValueError(f"init_cfg checkpoint {checkpoint!r}: expected 'hf-hub:<org>/<repo>[/<filename>]'")
-        repo = "/".join(parts[:2])
-        if len(parts) > 2:
-            path = hf_hub_download(repo, "/".join(parts[2:]))
-        else:
-            try:
-                path = hf_hub_download(repo, "model.safetensors")
-            except Exception:  # the repo has no safetensors file: the pickle timm's Hub repos also carry
-                path = hf_hub_download(repo, "pytorch_model.bin")
-    elif checkpoint.startswith(("http://", "https://")):
-        from urllib.parse import urlparse
-
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(checkpoint).path))
-        if not os.path.isfile(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.hub.download_url_to_file(checkpoint, path)
-    elif os.path.isfile(checkpoint):
-        path = checkpoint
-    else:
-        raise FileNotFoundError(f"init_cfg checkpoint {checkpoint!r} is neither a file, an http(s) URL nor 'hf-hub:<org>/<repo>[/<filename>]'")
-    # timm's reader: safetensors or a torch pickle (weights_only), unwrapped from 'state_dict' /
-    # 'model', DDP's 'module.' prefix removed.
-    return timm.models.load_state_dict(path, use_ema=False, weights_only=True)
+def _read_checkpoint(checkpoint: str, model_name: str) -> Dict[str, torch.Tensor]:
+    """The state dict of ``init_cfg``'s checkpoint, fetched and verified by ``attnzoo.hub``: a Hub
+    file checked against its sha256 (no filename: picked from the repo's listing, never by trying a
+    second name after an error), a URL cached under a name derived from the whole URL, a local file
+    as it is. Errors are ``attnzoo.hub.PretrainedLoadError`` naming the model, source and file."""
+    return read_state_dict(fetch_checkpoint(checkpoint, model=model_name), model=model_name)
 
 
 class AttnZooBackbone(BaseModule):
@@ -170,11 +148,12 @@ class AttnZooBackbone(BaseModule):
         """Loads ``init_cfg``'s checkpoint into the model (after the family's checkpoint filter)."""
         if self._pretrained is None:
             return
-        state = _read_checkpoint(self._pretrained)
+        state = _read_checkpoint(self._pretrained, self.model_name)
         family_module = sys.modules[get_entry(self.model_name).entrypoint.__module__]
         filter_fn = getattr(family_module, "checkpoint_filter_fn", None)
         if filter_fn is not None:
             state = filter_fn(state, self.model)
+        check_state_dict(state, self.model, model_name=self.model_name, source=repr(self._pretrained))
         own = self.model.state_dict()
         with torch.device("meta"):
             full_keys = set(timm.create_model(self.model_name, num_classes=0).state_dict())

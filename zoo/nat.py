@@ -23,13 +23,14 @@ import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers import NeighborhoodAttention2d, TransformerBlock
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["NAT", "NATConfig", "checkpoint_filter_fn"]
 
@@ -400,7 +401,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> NAT:
         drop_path_rate=cfg.drop_path_rate,
     )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_model(
         NAT, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),

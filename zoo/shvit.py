@@ -34,13 +34,14 @@ import timm
 import torch
 from torch import nn
 from timm.layers import DropPath, SEModule, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.shvit_attn import ConvNorm2d, SingleHeadAttention2d
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["SHViT", "SHViTConfig", "checkpoint_filter_fn"]
 
@@ -418,7 +419,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> SHViT:
         qk_dims=cfg.qk_dims, attention=cfg.attention,
     )
     out_indices = kwargs.pop("out_indices", (0, 1, 2))
-    return build_model_with_cfg(
+    return build_model(
         SHViT, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),

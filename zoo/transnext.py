@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.convglu import ConvolutionalGLU
@@ -49,6 +49,7 @@ from attnzoo.layers.transnext_attn import AggregatedAttention2d, LengthScaledAtt
 
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
+from .hub import build_model
 
 __all__ = ["TransNeXt", "TransNeXtConfig", "checkpoint_filter_fn"]
 
@@ -394,7 +395,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> TransNeXt:
         drop_path_rate=cfg.drop_path_rate,
     )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_model(
         TransNeXt, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),

@@ -141,21 +141,34 @@ def test_checkpoint_with_a_missing_tensor_is_refused(tmp_path):
 
 
 def test_pretrained_downloads_the_authors_file_under_its_own_name(tmp_path, monkeypatch):
-    """The three OneDrive urls all end in '/content': each variant is cached under its own name."""
+    """The three OneDrive urls all end in '/content': attnzoo.hub caches each under a name derived
+    from the whole url, once."""
+    import io
+
+    from attnzoo import hub
+
     fetched = []
+    buf = io.BytesIO()
+    torch.save({"model": _authors_state_dict("biformer_tiny", seed=3)}, buf)
 
-    def fake_download(url, dst, progress=True):
-        fetched.append((url, dst))
-        torch.save({"model": _authors_state_dict("biformer_tiny", seed=3)}, dst)
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(buf.getvalue()))}
 
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    def fake_urlopen(request, timeout):
+        fetched.append(request.full_url)
+        return Response(buf.getvalue())
+
+    monkeypatch.setenv("ATTNZOO_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub.urllib.request, "urlopen", fake_urlopen)
     model = timm.create_model("biformer_tiny", pretrained=True)
-    assert fetched == [(timm.models.get_pretrained_cfg("biformer_tiny").url, str(tmp_path / "checkpoints" / "biformer_tiny_in1k.pth"))]
+    url = timm.models.get_pretrained_cfg("biformer_tiny").url
+    assert fetched == [url]
     expected = _authors_state_dict("biformer_tiny", seed=3)["head.weight"]
     assert torch.equal(model.head.weight, expected)
     timm.create_model("biformer_tiny", pretrained=True)  # cached: no second download
     assert len(fetched) == 1
+    others = {timm.models.get_pretrained_cfg(n).url for n in ("biformer_small", "biformer_base")}
+    assert {hub._url_cache_path(u) for u in others | {url}}.__len__() == 3  # no two variants share a cache file
 
 
 def _forward_backward(name, size):
