@@ -13,10 +13,12 @@ from tests.mm._require import require_mm
 require_mm()
 
 import timm  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save, save_file  # noqa: E402
 
 import attnzoo  # noqa: E402
+from attnzoo.hub import PretrainedLoadError  # noqa: E402
 from attnzoo.mm import AttnZooBackbone  # noqa: E402
+from tests.hub.fake_hub import hub  # noqa: E402,F401  (the local Hub endpoint fixture)
 
 # The smallest variant of each family (CPU time); the configs/ tests build the detection variants.
 SMALL = {
@@ -186,6 +188,43 @@ def test_init_cfg_from_a_hub_id_offline(tmp_path, monkeypatch):
     backbone.init_weights()
     for k, v in backbone.model.state_dict().items():
         torch.testing.assert_close(v, source.state_dict()[k], rtol=0, atol=0)
+
+
+def test_init_cfg_urls_ending_in_the_same_file_name_do_not_collide(hub):
+    """Every Hub URL ends in '/resolve/main/model.safetensors': each must load its own weights
+    (they were cached under the file name alone, so the second loaded the first's)."""
+    name = SMALL["shvit"]
+    sources = {}
+    for repo, seed in (("org-a/shvit", 1), ("org-b/shvit", 2)):
+        torch.manual_seed(seed)
+        state = {k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}
+        hub.add(repo, "model.safetensors", save(state))
+        sources[f"{hub.endpoint}/{repo}/resolve/main/model.safetensors"] = state
+    for url, state in sources.items():
+        backbone = AttnZooBackbone(name, init_cfg=dict(type="Pretrained", checkpoint=url))
+        backbone.init_weights()
+        for k, v in backbone.model.state_dict().items():
+            assert torch.equal(v, state[k]), (url, k)
+
+
+def test_init_cfg_hub_id_offline_with_an_empty_cache_fails_at_once_naming_the_repo(hub, monkeypatch):
+    """No blind second filename: offline, one error naming the model and repo, and no request."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    backbone = AttnZooBackbone("nat_mini", init_cfg=dict(type="Pretrained", checkpoint="hf-hub:shi-labs/nat-mini-in1k-224"))
+    with pytest.raises(PretrainedLoadError, match=r"^nat_mini: Hub repo 'shi-labs/nat-mini-in1k-224'.*offline \(HF_HUB_OFFLINE=1\)"):
+        backbone.init_weights()
+    assert hub.requests == []
+
+
+def test_init_cfg_with_integer_tensors_is_refused(tmp_path):
+    source = timm.create_model(SMALL["shvit"])
+    path = tmp_path / "int.safetensors"
+    save_file({k: v.to(torch.int64) for k, v in source.state_dict().items()}, str(path))
+    backbone = AttnZooBackbone(SMALL["shvit"], init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(PretrainedLoadError, match=r"is torch.int64, but az_shvit_s1 holds it as torch.float32"):
+        backbone.init_weights()
 
 
 @pytest.mark.parametrize(
