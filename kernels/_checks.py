@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_int", "check_tensors", "check_like", "softmax_scale"]
+__all__ = ["check_int", "check_tensors", "check_like", "check_small_params", "cast_small_params", "softmax_scale"]
 
 
 def check_int(name: str, value, minimum: int = 1, odd: bool = False) -> int:
@@ -31,6 +31,23 @@ def check_like(ref_name: str, ref: torch.Tensor, **tensors) -> None:
             raise ValueError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
         if t.device != ref.device:
             raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def check_small_params(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """Every tensor (a small learned one: bias, embedding, temperature) is floating point and on the
+    device of ``ref``. Its dtype may differ (fp32 parameters under autocast meet bf16 / fp16
+    activations): the op casts it to the compute dtype (``cast_small_params``) instead of refusing it."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def cast_small_params(dtype: torch.dtype, *tensors: Optional[torch.Tensor]):
+    """``tensors`` cast to ``dtype`` (None stays None): ops compute in the dtype of q, and the small
+    learned tensors follow it (autocast leaves parameters in fp32; it casts only its own ops' inputs)."""
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def softmax_scale(scale: Optional[float], head_dim: int) -> float:

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .. import _flops
-from .._checks import check_tensors
+from .._checks import cast_small_params, check_tensors
 from .._dispatch import Op
 from ._params import AggregatedParams, check_aggregated_inputs
 from .reference import _aggregated_reference, aggregated_attention_reference, length_scale, local_window_mask
@@ -45,6 +45,9 @@ def aggregated_attention_flops(params: AggregatedParams, batch: int, heads: int,
 
 def _run(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
          learnable_bias, params: AggregatedParams, backend: Optional[str]) -> torch.Tensor:
+    # Autocast: fp32 parameters meet bf16 / fp16 activations; they follow q's dtype.
+    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = cast_small_params(
+        q.dtype, pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)
     args = (q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
             learnable_bias, params)
     impl = aggregated_attention_op.select(backend, *args)
@@ -90,7 +93,8 @@ def aggregated_attention(
         window_size: odd side of the local window (default 3).
         backend: None (best available) or 'reference' (see ``attnzoo.kernels``).
 
-    All tensors share q's dtype and device. Returns ``[B, H, W, heads, v_dim]`` in q's dtype.
+    All tensors share q's device; the activations (q, k, v, k_pool, v_pool) share q's dtype, and the
+    small learned tensors are cast to it (fp32 parameters under autocast). Returns ``[B, H, W, heads, v_dim]`` in q's dtype.
     """
     if window_size is None:
         raise ValueError("window_size must be an odd int >= 1; use length_scaled_attention for no local branch")

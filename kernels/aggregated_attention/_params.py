@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_like, check_tensors
+from .._checks import check_like, check_small_params, check_tensors
 
 __all__ = ["AggregatedParams", "check_aggregated_inputs"]
 
@@ -23,6 +23,10 @@ class AggregatedParams:
     def local_len(self) -> int:
         """Keys in one local window (``window_size ** 2``), 0 without a local branch."""
         return 0 if self.window_size is None else self.window_size ** 2
+
+
+# The optional small learned tensors (cast to q's dtype by the op, never refused for their dtype).
+_SMALL = ("pool_bias", "local_bias", "learnable_tokens", "learnable_bias")
 
 
 def _shape(name: str, t: Optional[torch.Tensor], expected: Tuple[int, ...], layout: str) -> None:
@@ -95,10 +99,14 @@ def check_aggregated_inputs(
         _shape("learnable_tokens", learnable_tokens, (heads, head_dim, local), "[heads, head_dim, window_size ** 2]")
         _shape("learnable_bias", learnable_bias, (heads, local), "[heads, window_size ** 2]")
 
-    present = dict(k_pool=k_pool, v_pool=v_pool, query_embedding=query_embedding, temperature=temperature,
-                   **{n: t for n, t in optional.items() if t is not None})
-    for name, t in present.items():
+    # Activations share q's dtype; the small learned tensors may be in another floating dtype
+    # (fp32 parameters under autocast): the op casts them to q's dtype.
+    activations = dict(k_pool=k_pool, v_pool=v_pool, **{n: optional[n] for n in ("k", "v") if optional[n] is not None})
+    for name, t in activations.items():
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
-    check_like("q", q, **present)
+    check_like("q", q, **activations)
+    small = dict(query_embedding=query_embedding, temperature=temperature,
+                 **{n: optional[n] for n in _SMALL if optional[n] is not None})
+    check_small_params("q", q, **small)
     return AggregatedParams((h, w), window_size, pool_len)
