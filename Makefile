@@ -39,7 +39,7 @@ $(MM_STAMP): $(STAMP) tools/install_mmcv.py
 $(STAMP): pyproject.toml .ci/constraints.txt
 	@test -x $(VENV_PYTHON) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing attnzoo and its pinned dependencies into $(VENV) (first time: a few minutes, ~6 GB)"
-	$(VENV_PYTHON) -m pip install $(PIP_FLAGS) -c .ci/constraints.txt -e '.[dev,triton]' torchvision
+	$(VENV_PYTHON) -m pip install $(PIP_FLAGS) -c .ci/constraints.txt -e '.[dev,triton,train]' torchvision
 	@# NATTEN: an independent implementation the gna tests cross-check against. Built from source
 	@# against the installed torch (no build isolation: seconds, not a second torch download); an
 	@# empty CUDA_VISIBLE_DEVICES keeps the build Flex-only, with no nvcc step on GPU machines.

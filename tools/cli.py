@@ -21,6 +21,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "bench-ops": ("attnzoo.tools.bench_ops", "gna's fused Triton kernels vs the reference, FlexAttention and dense SDPA per attention pattern, with a roofline"),
     "bench-routed": ("attnzoo.tools.bench_routed", "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
     "install-mmcv": ("attnzoo.tools.install_mmcv", "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
+    "train": ("attnzoo.train.trainer", "train a classifier on timm's components (torchrun for DDP / FSDP2), with exact resume"),
+    "validate": ("attnzoo.train.validate", "top-1 / top-5, loss and images/s of saved weights on an image folder"),
 }
 
 
