@@ -23,6 +23,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "install-mmcv": ("attnzoo.tools.install_mmcv", "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
     "train": ("attnzoo.train.trainer", "train a classifier on timm's components (torchrun for DDP / FSDP2), with exact resume"),
     "validate": ("attnzoo.train.validate", "top-1 / top-5, loss and images/s of saved weights on an image folder"),
+    "convert": ("attnzoo.tools.convert", "an upstream checkpoint -> a timm-format Hub repo folder (config.json, model.safetensors, model card), checked by loading it back"),
+    "push": ("attnzoo.tools.push", "publish a converted folder to the Hugging Face Hub (huggingface_hub create_repo + upload_folder)"),
 }
 
 

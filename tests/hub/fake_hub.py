@@ -9,7 +9,7 @@ for LFS files ``X-Linked-Etag`` = the sha256 and ``X-Linked-Size``, ``Range`` re
 ``GET /api/models/<org>/<name>[/revision/<rev>]`` (``siblings``: the repo's listing).
 Upload side: ``POST /api/repos/create``, ``POST /api/models/<repo>/preupload/<rev>`` (every file
 "regular", i.e. sent inline), ``POST /api/models/<repo>/commit/<rev>`` (ndjson, base64 files),
-``POST /api/models/<repo>/branch/<rev>``.
+``POST /api/models/<repo>/branch/<rev>``, ``POST /api/validate-yaml`` (a README's metadata: valid).
 
 Faults (``hub.fault(repo, filename, kind)``), applied to that file only:
 ``"500"`` (every request answers 500), ``"stall"`` (the metadata request stalls), ``"stall_body"``
@@ -106,8 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message})
 
     def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return self._payload
 
     # --- routes --------------------------------------------------------------------------------
     def do_HEAD(self):
@@ -122,12 +121,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self):
         hub = self.server_hub
         path = self.path.split("?")[0]
+        # read every request body, so a keep-alive connection's next request starts clean
+        n = int(self.headers.get("Content-Length") or 0)
+        self._payload = self.rfile.read(n) if n else b""
         with hub._lock:
             hub.requests.append((self.command, path))
         parts = [p for p in path.split("/") if p]
         try:
             if parts[:3] == ["api", "repos", "create"] and self.command == "POST":
                 return self._create_repo()
+            if parts[:2] == ["api", "validate-yaml"] and self.command == "POST":  # the model card's metadata
+                return self._json(200, {"errors": [], "warnings": []})
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 repo = "/".join(parts[2:4])
                 rest = parts[4:]
