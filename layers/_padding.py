@@ -6,10 +6,12 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.models import register_notrace_function
 
 __all__ = ["pad_spatial_end", "crop_spatial"]
 
 
+@register_notrace_function  # the padding depends on the input size: one FX node
 def pad_spatial_end(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
     """Zero-pads ``x: [B, *spatial, C]`` with ``pad[a]`` positions at the end of spatial axis ``a``."""
     if not any(pad):
@@ -20,6 +22,7 @@ def pad_spatial_end(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
     return F.pad(x, widths)
 
 
+@register_notrace_function  # the crop depends on the input size: one FX node
 def crop_spatial(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
     """``x: [B, *padded, C]`` cut back to ``[B, *spatial, C]``."""
     if tuple(x.shape[1:-1]) == tuple(spatial):

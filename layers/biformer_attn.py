@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from timm.models import register_notrace_module
 
 from attnzoo.kernels._checks import check_int
 from attnzoo.kernels.dense import dense_attention
@@ -39,6 +40,7 @@ def _apply_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class BiLevelRoutingAttention2d(nn.Module):
     """Bi-level routing attention over ``[B, H, W, C]`` (BiFormer, stages 1-3).
 
@@ -133,6 +135,7 @@ class BiLevelRoutingAttention2d(nn.Module):
         )
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class AttentionLePE2d(nn.Module):
     """Global multi-head attention with LePE over ``[B, H, W, C]`` (BiFormer's stage 4).
 

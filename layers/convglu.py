@@ -7,12 +7,14 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from timm.models import register_notrace_module
 
 from attnzoo.kernels._checks import check_int
 
 __all__ = ["ConvolutionalGLU"]
 
 
+@register_notrace_module  # checks the input shape: an FX leaf
 class ConvolutionalGLU(nn.Module):
     """``fc2(drop(act(dwconv(a)) * g))`` with ``[a | g] = fc1(x)``, over ``[B, H, W, C]``.
 

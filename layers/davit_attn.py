@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
+from timm.models import register_notrace_module
 
 from attnzoo.kernels import gna
 from attnzoo.kernels.channel_attention import channel_attention
@@ -25,6 +26,7 @@ def _check_heads(dim: int, num_heads: int) -> None:
         raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads})")
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class WindowAttention(nn.Module):
     """Multi-head attention inside non-overlapping windows (Swin / DaViT W-MSA, no shift, no
     position bias) over ``[B, *spatial, C]``: gna with ``kernel_size = stride = window_size``.
@@ -102,6 +104,7 @@ class WindowAttention2d(WindowAttention):
         super().__init__(dim, num_heads, window_size, spatial_dims=2, **kwargs)
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class ChannelAttention(nn.Module):
     """DaViT channel (group) attention over ``[B, *spatial, C]``: the channels are split into
     ``num_heads`` groups and each group attends over its channels, with the channel affinity
@@ -155,6 +158,7 @@ class ChannelAttention(nn.Module):
         return f"dim={self.dim}, groups={self.num_heads}, head_dim={self.head_dim}, backend={self.backend}"
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class ConvPosEnc(nn.Module):
     """Convolutional position encoding ``x + act(dwconv_k(x))`` (k x k depthwise, zero 'same'
     padding) over channels-last ``[B, H, W, C]``; ``act`` is GELU or the identity (DaViT's

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.models import register_notrace_module
 from timm.layers import make_divisible, trunc_normal_
 
 from attnzoo.kernels.halo_attention import halo_attention
@@ -15,6 +16,7 @@ from attnzoo.kernels.halo_attention import halo_attention
 __all__ = ["HaloAttention2d"]
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class HaloAttention2d(nn.Module):
     """Multi-head halo attention over ``[B, H, W, C]`` (channels-last), as timm's ``HaloAttn``.
 

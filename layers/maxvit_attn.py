@@ -33,6 +33,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from timm.models import register_notrace_module
 from timm.layers import Mlp
 
 from attnzoo.kernels import gna
@@ -97,6 +98,7 @@ def qkv_from_head_first(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     return t.reshape(num_heads, 3, head_dim, *rest).transpose(0, 1).reshape(t.shape)
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class PartitionAttention2d(nn.Module):
     """Multi-head attention inside the partitions of ``[B, H, W, C]`` (channels-last).
 

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from timm.models import register_notrace_module
 
 from attnzoo.kernels import gna
 
@@ -23,6 +24,7 @@ def _tuple(value, rank: int, name: str) -> tuple:
     return values
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class NeighborhoodAttention(nn.Module):
     """Multi-head neighborhood attention over ``[B, *spatial, C]`` (channels-last).
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from timm.models import register_notrace_module
 
 from attnzoo.kernels.dense import dense_attention
 
@@ -47,6 +48,7 @@ class ConvNorm2d(nn.Module):
         return self.bn(self.c(x))
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class SingleHeadAttention2d(nn.Module):
     """Single-head self-attention on the first ``partial_dim`` channels (SHViT's SHSA).
 

@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.models import register_notrace_module
 
 from attnzoo.kernels._checks import check_int
 from attnzoo.kernels.aggregated_attention import aggregated_attention, length_scaled_attention
@@ -131,6 +132,7 @@ def _softplus_inverse(y: float) -> float:
     return math.log(math.expm1(y))
 
 
+@register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class _CosineAttentionBase(nn.Module):
     """Shared parameters: query embedding, softplus temperature (initialised to 1 / 0.24), CPB."""
 

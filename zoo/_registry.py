@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 import timm.models._registry as timm_registry
 import torch
+from timm.models._features_fx import FeatureGraphNet
 from torch import nn
 
 from .kernels import BACKENDS
@@ -106,7 +107,30 @@ def build(create: Callable, name: str, pretrained: bool = False, *, device=None,
         model = create(name, pretrained=pretrained, **kwargs)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
+    if isinstance(model, FeatureGraphNet) and _ENTRIES[name].family in CHANNELS_LAST_FAMILIES:
+        fx_features_nchw(model)
     return model
+
+
+# Families whose stages run channels-last ([B, H, W, C]; their forward_intermediates permutes).
+# tests/zoo/test_fx.py checks every family's FX features against the default wrapper's.
+CHANNELS_LAST_FAMILIES = frozenset({"NAT", "DiNAT", "DaViT", "BiFormer", "TransNeXt"})
+
+
+def fx_features_nchw(net: FeatureGraphNet) -> None:
+    """Makes ``features_only=True, feature_cls='fx'`` of a channels-last family return NCHW maps,
+    as the default wrapper does: timm's FX extractor returns each ``feature_info`` module's output
+    as it is, so a permute node goes before each output, in the train and the eval graph."""
+    gm = net.graph_module
+    for graph in dict.fromkeys((getattr(gm, "train_graph", gm.graph), getattr(gm, "eval_graph", gm.graph), gm.graph)):
+        output = next(n for n in graph.nodes if n.op == "output")
+        values = dict(output.args[0])
+        with graph.inserting_before(output):
+            for key, node in list(values.items()):
+                values[key] = graph.call_method("permute", (node, 0, 3, 1, 2))
+        output.args = (values,)
+        graph.lint()
+    gm.recompile()
 
 
 def families() -> List[str]:

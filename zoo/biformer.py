@@ -264,7 +264,7 @@ class BiFormer(StagedModel):
         x = self.head_drop(x)
         if pre_logits:
             return x
-        if x.dim() == 4:
+        if self.global_pool != "avg":  # the NCHW map (static: FX and compile see no shape-dependent branch)
             return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.head(x)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import generate_default_cfgs
+from timm.models import generate_default_cfgs, register_notrace_function
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
@@ -38,7 +38,8 @@ from .hub import build_model
 __all__ = ["DaViT", "DaViTConfig", "checkpoint_filter_fn"]
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+@register_notrace_function  # pads by the input size: one FX node (FX wraps only names without a leading _)
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads NCHW ``x`` at the bottom/right to a multiple of ``multiple`` (no-op when it is)."""
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
@@ -55,7 +56,7 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(_pad_to_multiple(x, 4)).permute(0, 2, 3, 1))
+        return self.norm(self.conv(pad_to_multiple(x, 4)).permute(0, 2, 3, 1))
 
 
 class Downsample(nn.Module):
@@ -67,7 +68,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(dim, out_dim, 2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _pad_to_multiple(self.norm(x).permute(0, 3, 1, 2), 2)
+        x = pad_to_multiple(self.norm(x).permute(0, 3, 1, 2), 2)
         return self.conv(x).permute(0, 2, 3, 1)
 
 
@@ -145,7 +146,7 @@ class NormClassifierHead(nn.Module):
         x = self.drop(self.norm(x))
         if not pre_logits:
             x = self.fc(x)
-        return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+        return x if self.global_pool == "avg" else x.permute(0, 3, 1, 2)
 
 
 class DaViT(StagedModel):

@@ -213,7 +213,8 @@ class HaloNet(StagedModel):
         prev = cfg.stem_chs[-1]
         stages = []
         # as timm's ByobNet: the stem's convolutions are feature 0, then the stages
-        self.feature_info = [dict(num_chs=self.stem.feature_chs, reduction=2, module="stem")]
+        # module: the stride-2 layer inside the stem (hook and FX feature extraction read it)
+        self.feature_info = [dict(num_chs=self.stem.feature_chs, reduction=2, module=f"stem.{self.stem.feature_after}")]
         for i, letters in enumerate(cfg.layout):
             halo_kwargs = dict(
                 num_heads=cfg.num_heads[i], block_size=cfg.block_size, halo_size=cfg.halo_size,
@@ -371,7 +372,7 @@ class ClassifierHead(nn.Module):
         x = self.drop(x)
         if pre_logits:
             return x
-        if x.dim() == 4:
+        if self.pool != "avg":  # the NCHW map (static: FX and compile see no shape-dependent branch)
             return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.fc(x)
 

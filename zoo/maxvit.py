@@ -121,7 +121,7 @@ class ClassifierHead(nn.Module):
         x = self.drop(self.pre_logits(self.norm(x)))
         if not pre_logits:
             x = self.fc(x)
-        return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+        return x if self.global_pool == "avg" else x.permute(0, 3, 1, 2)
 
 
 class MaxViT(StagedModel):
