@@ -1,6 +1,7 @@
-"""torchrun DDP (gloo, 2 processes) with the same global batch as one process gives the same
-weights after the same steps, within fp32 tolerance (only the order of the gradient sums differs:
-the data order, the augmentation of each sample and the initial weights are the same)."""
+"""torchrun DDP and FSDP2 (gloo, 2 processes) with the same global batch as one process give the
+same weights after the same steps, within fp32 tolerance (only the order of the gradient sums
+differs: the data order, the augmentation of each sample and the initial weights are the same);
+an FSDP2 run resumes from its gathered checkpoint bit-identically."""
 from __future__ import annotations
 
 import subprocess
@@ -27,19 +28,28 @@ def _torchrun(nproc: int, argv):
     return proc
 
 
-def test_ddp_two_processes_match_one(digits_small, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, "-m", "attnzoo.train", *train_args(digits_small, one, *_RUN, "--batch-size", "16")],
-                            capture_output=True, text=True, env=subprocess_env(), timeout=300, stdin=subprocess.DEVNULL)
-    assert single.returncode == 0, single.stderr
+def _max_rel_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max(((x - b[k]).abs().max() / x.abs().max().clamp_min(1e-12)).item() for k, x in a.items())
+
+
+@pytest.fixture(scope="module")
+def single(digits_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    proc = subprocess.run([sys.executable, "-m", "attnzoo.train", *train_args(digits_small, out, *_RUN, "--batch-size", "16")],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_ddp_two_processes_match_one(digits_small, single, tmp_path):
+    one, two = single, tmp_path / "two"
     ddp = _torchrun(2, train_args(digits_small, two, *_RUN, "--batch-size", "8"))
     assert "on 2 x cpu (DDP)" in ddp.stdout and "global batch 16 (2 x 8)" in ddp.stdout, ddp.stdout
     # only rank 0 writes and prints
     assert ddp.stdout.count("done: best top-1") == 1
 
-    a, b = load_file(one / "final.safetensors"), load_file(two / "final.safetensors")
-    assert a.keys() == b.keys()
-    worst = max(((x - b[k]).abs().max() / x.abs().max().clamp_min(1e-12)).item() for k, x in a.items())
+    worst = _max_rel_diff(load_file(one / "final.safetensors"), load_file(two / "final.safetensors"))
     print(f"DDP(2) vs 1 process after 12 SGD steps: max relative weight difference {worst:.3g}")
     assert worst < 1e-5, worst
     ra, rb = read_csv(one / "metrics.csv")[0], read_csv(two / "metrics.csv")[0]
@@ -47,3 +57,22 @@ def test_ddp_two_processes_match_one(digits_small, tmp_path):
     # evaluation is sharded without padding and summed: the same counts of correct images
     assert float(ra["eval_top1"]) == pytest.approx(float(rb["eval_top1"]), abs=100 / 48 + 1e-9)
     assert float(ra["eval_loss"]) == pytest.approx(float(rb["eval_loss"]), rel=1e-3)
+
+
+def test_fsdp2_matches_one_process_and_resumes_exactly(digits_small, single, tmp_path):
+    out = tmp_path / "fsdp"
+    run = _torchrun(2, train_args(digits_small, out, *_RUN, "--batch-size", "8", "--fsdp", "--save-interval-steps", "5"))
+    assert "(FSDP2)" in run.stdout, run.stdout
+    final = load_file(out / "final.safetensors")
+    worst = _max_rel_diff(load_file(single / "final.safetensors"), final)
+    print(f"FSDP2(2) vs 1 process after 12 SGD steps: max relative weight difference {worst:.3g}")
+    assert worst < 1e-5, worst
+    # the full (gathered) checkpoint of step 5 resumes under FSDP2 to the same weights
+    for p in out.glob("checkpoint-*.pt"):
+        if p.name != "checkpoint-000000005.pt":
+            p.unlink()
+    (out / "final.safetensors").unlink()
+    resumed = _torchrun(2, train_args(digits_small, out, *_RUN, "--batch-size", "8", "--fsdp", "--resume", "auto"))
+    assert "resumed from" in resumed.stdout and "step 5/12" in resumed.stdout, resumed.stdout
+    again = load_file(out / "final.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
