@@ -17,14 +17,19 @@ exactly timm's partition / reverse.
 
 Relative position bias, in gna's convention: ``rpb[h, dy + Ph - 1, dx + Pw - 1]`` is added to the
 logit of a key ``(dy, dx)`` steps below / right of the query, ``rpb: [heads, 2Ph - 1, 2Pw - 1]``.
-Two sources:
+Two sources, held in ``rel_pos`` with timm's parameter names and layouts (so an az_ MaxViT's state
+dict is its timm twin's):
 
-* a learned table (``rel_pos='table'``), parameter ``rpb``;
-* a continuous bias (``rel_pos='mlp'``): a 2-layer MLP (``rpb_mlp``, ReLU, dropout 0.125 on the
+* a learned table (``rel_pos='table'``): ``rel_pos.relative_position_bias_table`` in timm's TF
+  layout (``table_layout='tf'``, already gna's) or Swin layout (``'swin'``, the ``_rw_`` models);
+  gna's table is derived from it at every call (``rpb_from_timm``: a transpose and flip of a few
+  hundred numbers, so autograd and compile see one graph and nothing goes stale);
+* a continuous bias (``rel_pos='mlp'``): a 2-layer MLP (``rel_pos.mlp``, ReLU, dropout 0.125 on the
   hidden layer) over log-spaced offsets ``sign(d) * log(1 + |d|)`` per axis, evaluated on the
   ``(2Ph - 1) x (2Pw - 1)`` offsets: still a function of the offset alone, so it yields a table.
 
-timm stores the table in two layouts; ``rpb_from_timm`` converts both (see its docstring).
+The qkv projection's output channels are (q|k|v, heads, head_dim), or with ``head_first=True``
+(timm's ``_rw_`` / ``rmlp`` models) (heads, q|k|v, head_dim); the forward reads either layout.
 """
 from __future__ import annotations
 
@@ -41,8 +46,8 @@ from attnzoo.kernels import gna
 from ._padding import crop_spatial, pad_spatial_end
 
 __all__ = [
-    "PartitionAttention2d", "BlockAttention2d", "GridAttention2d",
-    "relative_log_offsets", "rpb_from_timm", "qkv_from_head_first",
+    "PartitionAttention2d", "BlockAttention2d", "GridAttention2d", "RelPosBiasTable", "RelPosBiasMlp",
+    "relative_log_offsets", "rpb_from_timm", "rpb_to_timm", "qkv_from_head_first",
 ]
 
 IntOrPair = Union[int, Sequence[int]]
@@ -90,6 +95,54 @@ def rpb_from_timm(table: torch.Tensor, partition_size: Tuple[int, int]) -> torch
     )
 
 
+def rpb_to_timm(rpb: torch.Tensor, layout: str) -> torch.Tensor:
+    """gna's ``[heads, 2Ph - 1, 2Pw - 1]`` -> timm's table in ``layout`` ('tf' or 'swin'); the
+    inverse of ``rpb_from_timm``."""
+    if layout == "tf":
+        return rpb
+    if layout == "swin":
+        return rpb.flip(1, 2).reshape(rpb.shape[0], -1).t().contiguous()
+    raise ValueError(f"layout must be 'tf' or 'swin', got {layout!r}")
+
+
+class RelPosBiasTable(nn.Module):
+    """A learned bias table ``relative_position_bias_table`` in timm's ``layout``: 'tf'
+    ``[heads, 2Ph - 1, 2Pw - 1]`` or 'swin' ``[(2Ph - 1) * (2Pw - 1), heads]``. Calling it gives
+    gna's ``[heads, 2Ph - 1, 2Pw - 1]``."""
+
+    def __init__(self, num_heads: int, partition_size: Tuple[int, int], layout: str = "tf", device=None, dtype=None):
+        super().__init__()
+        if layout not in ("tf", "swin"):
+            raise ValueError(f"table_layout must be 'tf' or 'swin', got {layout!r}")
+        self.partition_size = partition_size
+        self.layout = layout
+        vocab = tuple(2 * p - 1 for p in partition_size)
+        shape = (num_heads, *vocab) if layout == "tf" else (vocab[0] * vocab[1], num_heads)
+        self.relative_position_bias_table = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        nn.init.normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self) -> torch.Tensor:
+        return rpb_from_timm(self.relative_position_bias_table, self.partition_size)
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout!r}"
+
+
+class RelPosBiasMlp(nn.Module):
+    """timm's RelPosMlp ('cr' mode) as a table: ``mlp`` over log-spaced offsets (see
+    ``relative_log_offsets``). Calling it gives gna's ``[heads, 2Ph - 1, 2Pw - 1]``."""
+
+    def __init__(self, num_heads: int, partition_size: Tuple[int, int], hidden_dim: int = 512, device=None, dtype=None):
+        super().__init__()
+        self.partition_size = partition_size
+        self.mlp = Mlp(2, hidden_dim, num_heads, act_layer=nn.ReLU, drop=(0.125, 0.0), device=device, dtype=dtype)
+
+    def forward(self) -> torch.Tensor:
+        w = self.mlp.fc1.weight
+        offsets = relative_log_offsets(self.partition_size, device=w.device, dtype=w.dtype)
+        return self.mlp(offsets).permute(2, 0, 1)
+
+
 def qkv_from_head_first(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     """qkv weight / bias whose output channels are ordered (heads, q|k|v, head_dim), as timm's
     ``head_first=True`` attention, -> this module's (q|k|v, heads, head_dim) order."""
@@ -107,12 +160,14 @@ class PartitionAttention2d(nn.Module):
         num_heads: attention heads.
         partition_size: block size P (``'block'``) or grid size G (``'grid'``), int or (h, w).
         partition: ``'block'`` (P x P windows) or ``'grid'`` (G x G dilated grid).
-        rel_pos: ``'table'`` (learned ``rpb``), ``'mlp'`` (``rpb_mlp`` over log offsets) or None.
-        rel_pos_mlp_dim: hidden width of ``rpb_mlp``.
+        rel_pos: ``'table'`` (``RelPosBiasTable``), ``'mlp'`` (``RelPosBiasMlp``) or None.
+        rel_pos_mlp_dim: hidden width of the bias MLP.
+        table_layout: the table's timm layout, ``'tf'`` or ``'swin'``.
+        head_first: qkv output channels ordered (heads, q|k|v, head_dim), as timm's ``_rw_`` models.
         qkv_bias: bias in the qkv and output projections.
         backend: gna backend for this module (None: dispatch rule; see attnzoo.kernels).
 
-    The qkv projection's output channels are ordered (q|k|v, heads, head_dim).
+    Parameters are named and laid out as timm's ``AttentionCl`` (``qkv``, ``rel_pos.*``, ``proj``).
     """
 
     def __init__(
@@ -124,6 +179,8 @@ class PartitionAttention2d(nn.Module):
         partition: str = "block",
         rel_pos: Optional[str] = "table",
         rel_pos_mlp_dim: int = 512,
+        table_layout: str = "tf",
+        head_first: bool = False,
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         backend: Optional[str] = None,
@@ -144,29 +201,21 @@ class PartitionAttention2d(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.partition = partition
         self.partition_size = _pair(partition_size, "partition_size")
-        self.rel_pos = rel_pos
+        self.rel_pos_type = rel_pos
         self.backend = backend
+        self.head_first = bool(head_first)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
-        vocab = tuple(2 * p - 1 for p in self.partition_size)
-        self.rpb = None
-        self.rpb_mlp = None
+        self.rel_pos: Optional[nn.Module] = None
         if rel_pos == "table":
-            self.rpb = nn.Parameter(torch.empty(num_heads, *vocab, **dd))
-            nn.init.normal_(self.rpb, std=0.02)
+            self.rel_pos = RelPosBiasTable(num_heads, self.partition_size, table_layout, **dd)
         elif rel_pos == "mlp":
-            self.rpb_mlp = Mlp(2, rel_pos_mlp_dim, num_heads, act_layer=nn.ReLU, drop=(0.125, 0.0), **dd)
+            self.rel_pos = RelPosBiasMlp(num_heads, self.partition_size, rel_pos_mlp_dim, **dd)
         self.proj = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def relative_position_bias(self) -> Optional[torch.Tensor]:
         """``[heads, 2Ph - 1, 2Pw - 1]`` in gna's convention, or None."""
-        if self.rpb is not None:
-            return self.rpb
-        if self.rpb_mlp is not None:
-            w = self.rpb_mlp.fc1.weight
-            offsets = relative_log_offsets(self.partition_size, device=w.device, dtype=w.dtype)
-            return self.rpb_mlp(offsets).permute(2, 0, 1)
-        return None
+        return self.rel_pos() if self.rel_pos is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
@@ -178,7 +227,10 @@ class PartitionAttention2d(nn.Module):
         hp, wp = math.ceil(h / ph) * ph, math.ceil(w / pw) * pw
         x = pad_spatial_end(x, (hp - h, wp - w))
         dilation = (1, 1) if self.partition == "block" else (hp // ph, wp // pw)
-        q, k, v = self.qkv(x).view(b, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
+        if self.head_first:  # timm's _rw_ layout: (heads, q|k|v, head_dim)
+            q, k, v = self.qkv(x).view(b, hp, wp, self.num_heads, 3, self.head_dim).unbind(4)
+        else:
+            q, k, v = self.qkv(x).view(b, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
         out = gna(
             q, k, v, kernel_size=self.partition_size, stride=self.partition_size, dilation=dilation,
             rpb=self.relative_position_bias(), scale=self.scale, backend=self.backend,
@@ -189,7 +241,7 @@ class PartitionAttention2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, partition={self.partition!r}, "
-            f"partition_size={self.partition_size}, rel_pos={self.rel_pos!r}, backend={self.backend}"
+            f"partition_size={self.partition_size}, rel_pos={self.rel_pos_type!r}, head_first={self.head_first}, backend={self.backend}"
         )
 
 

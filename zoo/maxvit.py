@@ -3,8 +3,9 @@
 Paper: MaxViT: Multi-Axis Vision Transformer, Tu et al., ECCV 2022 (arXiv:2204.01697).
 Upstream: timm ``models/maxxvit.py`` (Apache-2.0): ``maxvit_*_tf_*`` are the paper's TensorFlow
 weights (google-research/maxvit, Apache-2.0) ported by timm; ``maxvit_*_rw_*`` / ``maxvit_rmlp_*``
-are timm-trained. Written for attnzoo from those definitions; timm's weights load through
-``checkpoint_filter_fn``.
+are timm-trained. Written for attnzoo from those definitions, with timm's parameter names and layouts: an
+``az_maxvit_*`` state dict is its timm twin's, both ways (``checkpoint_filter_fn`` only resizes
+bias tables trained at another partition and reads attnzoo's earlier names).
 
 Architecture: a stem (3x3 stride-2 conv, BN + act, 3x3 conv; stride 2), then four stages of MaxViT
 blocks; each block is MBConv (expand 4, SE; the first block of a stage strides 2, its shortcut
@@ -39,7 +40,7 @@ from timm.layers import BatchNormAct2d, create_conv2d, get_act_layer, resize_rel
 from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs
 from timm.models._features import feature_take_indices
 
-from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, qkv_from_head_first, rpb_from_timm
+from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, rpb_to_timm
 from attnzoo.layers.mbconv import MBConv
 from attnzoo.layers.transformer_block import TransformerBlock
 
@@ -206,7 +207,10 @@ class MaxViT(StagedModel):
             blocks = []
             for j in range(depth):
                 dp = rates[i][j]
-                attn_kwargs = dict(rel_pos=rel_pos, rel_pos_mlp_dim=rel_pos_mlp_dim, backend=backend)
+                # timm's layouts: the TF port's table is per head, qkv (q|k|v, heads, dim); timm's
+                # own (_rw_, rmlp) tables are Swin-layout, qkv (heads, q|k|v, dim)
+                attn_kwargs = dict(rel_pos=rel_pos, rel_pos_mlp_dim=rel_pos_mlp_dim, table_layout="tf" if tf_port else "swin",
+                                   head_first=not tf_port, backend=backend)
                 blocks.append(MaxViTBlock(
                     MBConv(in_chs, dim, stride=2 if j == 0 else 1, act_layer=conv_act, norm_eps=conv_eps,
                            padding=padding, drop_path=dp, **conv_kwargs),
@@ -245,7 +249,7 @@ class MaxViT(StagedModel):
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         """Full names of the relative position bias parameters (tables and bias MLPs)."""
-        return {n for n, _ in self.named_parameters() if n.endswith(".rpb") or ".rpb_mlp." in n}
+        return {n for n, _ in self.named_parameters() if n.endswith(".relative_position_bias_table") or ".rel_pos.mlp." in n}
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -318,53 +322,42 @@ class MaxViT(StagedModel):
 
 # --- checkpoint conversion ---------------------------------------------------------------------
 
-_TIMM_TABLE = re.compile(r"^(.*\.attn)\.rel_pos\.relative_position_bias_table$")
-_TIMM_MLP = re.compile(r"^(.*\.attn)\.rel_pos\.mlp\.(.+)$")
+_TABLE = re.compile(r"^(.*\.attn)\.rel_pos\.relative_position_bias_table$")
+# attnzoo's names before its state dicts became timm's: gna-layout table, bias MLP, qkv (q|k|v, heads, dim)
+_OLD_TABLE = re.compile(r"^(.*\.attn)\.rpb$")
+_OLD_MLP = re.compile(r"^(.*\.attn)\.rpb_mlp\.(.+)$")
 _QKV = re.compile(r"^(.*\.attn)\.qkv\.(weight|bias)$")
 
 
-def _convert_timm(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> Dict[str, torch.Tensor]:
-    # Only the TF port stores its bias table per head ([heads, 2P-1, 2P-1]); it is also the only
-    # timm MaxViT whose qkv channels are (q|k|v, heads, dim) (timm's head_first=False). The
-    # _rw_ / rmlp models interleave (heads, q|k|v, dim).
-    tf_port = any(_TIMM_TABLE.match(k) and v.dim() == 3 for k, v in state_dict.items())
-    ours = model.state_dict()
-    out: Dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if m := _TIMM_TABLE.match(key):
-            mixer = model.get_submodule(m.group(1))
-            size = mixer.partition_size
-            vocab = (2 * size[0] - 1, 2 * size[1] - 1)
-            target = (mixer.num_heads, *vocab) if value.dim() == 3 else (vocab[0] * vocab[1], mixer.num_heads)
-            if tuple(value.shape) != target:  # weights trained at another partition size
-                value = resize_rel_pos_bias_table(value, new_window_size=size, new_bias_shape=target)
-            out[f"{m.group(1)}.rpb"] = rpb_from_timm(value, size)
-        elif m := _TIMM_MLP.match(key):
-            out[f"{m.group(1)}.rpb_mlp.{m.group(2)}"] = value
-        elif (m := _QKV.match(key)) and not tf_port:
-            out[key] = qkv_from_head_first(value, model.get_submodule(m.group(1)).num_heads)
-        else:
-            if key in ours and value.shape != ours[key].shape and value.numel() == ours[key].numel():
-                value = value.reshape(ours[key].shape)  # 1x1 conv <-> linear, as timm's filter
-            out[key] = value
-    return out
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> Dict[str, torch.Tensor]:
-    """Converts a timm MaxViT checkpoint (``timm/maxvit_*`` on the Hub, any of the three bias
-    layouts) to attnzoo's names and layouts; attnzoo's own checkpoints pass through.
-
-    timm -> attnzoo: ``*.attn.rel_pos.relative_position_bias_table`` -> ``*.attn.rpb`` in gna's
-    layout (``rpb_from_timm``; resized as timm does when the partition differs),
-    ``*.attn.rel_pos.mlp.*`` -> ``*.attn.rpb_mlp.*``, and the qkv rows of head-interleaved models
-    reordered to (q|k|v, heads, dim). Every other name is timm's.
+    """A MaxViT checkpoint in timm's format (``timm/maxvit_*`` on the Hub; attnzoo's own state dicts
+    are the same) for ``model``: unwrapped from ``state_dict`` / ``model``; bias tables trained at
+    another partition size resized as timm does (``resize_rel_pos_bias_table``); 1x1 conv weights
+    reshaped to linear ones as timm's filter does; attnzoo's earlier names (``*.attn.rpb`` in gna's
+    layout, ``*.attn.rpb_mlp.*``, qkv rows in (q|k|v, heads, dim) order) converted to timm's.
     """
     for wrapper in ("state_dict", "model"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
-    if any(".rel_pos." in k for k in state_dict):
-        return _convert_timm(state_dict, model)
-    return dict(state_dict)
+    old = any(_OLD_TABLE.match(k) or _OLD_MLP.match(k) for k in state_dict)
+    ours = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if m := _OLD_TABLE.match(key):
+            key, value = f"{m.group(1)}.rel_pos.relative_position_bias_table", rpb_to_timm(value, model.get_submodule(m.group(1)).rel_pos.layout)
+        elif m := _OLD_MLP.match(key):
+            key = f"{m.group(1)}.rel_pos.mlp.{m.group(2)}"
+        elif old and (m := _QKV.match(key)) and model.get_submodule(m.group(1)).head_first:
+            heads = model.get_submodule(m.group(1)).num_heads
+            value = value.reshape(3, heads, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
+        if (m := _TABLE.match(key)) and key in ours and value.shape != ours[key].shape:
+            # weights trained at another partition size: interpolated as timm does
+            mixer = model.get_submodule(m.group(1))
+            value = resize_rel_pos_bias_table(value, new_window_size=mixer.partition_size, new_bias_shape=tuple(ours[key].shape))
+        elif key in ours and value.shape != ours[key].shape and value.numel() == ours[key].numel():
+            value = value.reshape(ours[key].shape)  # 1x1 conv <-> linear, as timm's filter
+        out[key] = value
+    return out
 
 
 # --- variants --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from timm.layers import RelPosBias, RelPosBiasTf, RelPosMlp
 from timm.models.maxxvit import AttentionCl, MaxxVitConvCfg, MbConvBlock, grid_partition, grid_reverse, window_partition, window_reverse
 
 from attnzoo.layers.maxvit_attn import (
-    BlockAttention2d, GridAttention2d, PartitionAttention2d, qkv_from_head_first, rpb_from_timm,
+    BlockAttention2d, GridAttention2d, PartitionAttention2d, qkv_from_head_first, rpb_from_timm, rpb_to_timm,
 )
 from attnzoo.layers.mbconv import MBConv
 
@@ -31,15 +31,10 @@ def _timm_partition_attn(attn, x, size, partition):
 
 
 def _ours_from(attn, kind, dim, heads, size, partition, head_first):
-    ours = PartitionAttention2d(dim, heads, size, partition=partition, rel_pos="mlp" if kind == "mlp" else "table", rel_pos_mlp_dim=64).eval()
-    sd = {}
-    for k, v in attn.state_dict().items():
-        if k.startswith("qkv.") and head_first:
-            v = qkv_from_head_first(v, heads)
-        if k == "rel_pos.relative_position_bias_table":
-            k, v = "rpb", rpb_from_timm(v, size)
-        sd[k.replace("rel_pos.mlp.", "rpb_mlp.")] = v
-    ours.load_state_dict(sd)
+    # timm's parameter names and layouts: its state dict loads as it is
+    ours = PartitionAttention2d(dim, heads, size, partition=partition, rel_pos="mlp" if kind == "mlp" else "table", rel_pos_mlp_dim=64,
+                                table_layout="swin" if kind == "swin" else "tf", head_first=head_first).eval()
+    ours.load_state_dict(attn.state_dict(), strict=True)
     return ours
 
 
@@ -108,6 +103,7 @@ def test_rpb_from_timm_layouts():
             assert torch.equal(got[:, dy + 2, dx + 3], swin[(-dy + 2) * 7 + (-dx + 3)])
     with pytest.raises(ValueError, match="table must be"):
         rpb_from_timm(torch.randn(2, 7, 7), (3, 4))
+    assert torch.equal(rpb_to_timm(got, "swin"), swin) and rpb_to_timm(tf, "tf") is tf  # the inverse
 
 
 def test_qkv_from_head_first_reorders_rows():
@@ -124,6 +120,8 @@ def test_bad_inputs_raise_value_error():
         BlockAttention2d(16, 2, 0)
     with pytest.raises(ValueError, match="rel_pos"):
         BlockAttention2d(16, 2, 4, rel_pos="sinusoid")
+    with pytest.raises(ValueError, match="table_layout"):
+        BlockAttention2d(16, 2, 4, table_layout="row-major")
     with pytest.raises(ValueError, match="multiple of num_heads"):
         BlockAttention2d(15, 2, 4)
     mixer = GridAttention2d(16, 2, 4)

@@ -140,7 +140,7 @@ def test_timm_weights_at_another_partition_are_resized_as_timm_does(tmp_path):
     theirs = timm.create_model("maxvit_tiny_tf_384", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "224.pth")))
     ours = timm.create_model("az_maxvit_tiny_tf_384", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "224.pth")))
     torch.testing.assert_close(
-        ours.stages[1].blocks[0].attn_block.attn.rpb,
+        ours.stages[1].blocks[0].attn_block.attn.rel_pos.relative_position_bias_table,
         theirs.stages[1].blocks[0].attn_block.attn.rel_pos.relative_position_bias_table,
     )
 
@@ -150,5 +150,59 @@ def test_no_weight_decay_names_every_bias_parameter():
         with torch.device("meta"):
             model = timm.create_model(name)
         names = model.no_weight_decay()
-        per_mixer = 4 if "rmlp" in name else 1  # rpb_mlp.fc{1,2}.{weight,bias} or rpb
+        per_mixer = 4 if "rmlp" in name else 1  # rel_pos.mlp.fc{1,2}.{weight,bias} or the table
         assert len(names) == per_mixer * 2 * sum(len(s.blocks) for s in model.stages)
+
+
+def _timm_state_dict_round_trip(name, size):
+    """timm's state dict loads strictly into the az_ model and the az_ model's into timm's: same
+    keys, shapes and layouts, same logits."""
+    torch.manual_seed(0)
+    ref = timm.create_model(_VARIANTS[name][0]).eval()
+    _randomise(ref)
+    ours = timm.create_model(name).eval()
+    theirs = ref.state_dict()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.items()]
+    ours.load_state_dict(theirs, strict=True)
+    back = timm.create_model(_VARIANTS[name][0]).eval()
+    back.load_state_dict(ours.state_dict(), strict=True)
+    assert all(torch.equal(v, theirs[k]) for k, v in back.state_dict().items())
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = ref(x), ours(x)
+    assert float((b - a).norm() / a.norm()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_timm_state_dict_round_trip(name):
+    _timm_state_dict_round_trip(name, _VARIANTS[name][1].img_size)
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("name", ALL)
+def test_timm_state_dict_round_trip_every_variant(name):
+    _timm_state_dict_round_trip(name, _VARIANTS[name][1].img_size)
+
+
+def test_attnzoo_earlier_checkpoint_names_still_load(tmp_path):
+    """A state dict saved by attnzoo before its names became timm's (gna-layout ``rpb``,
+    ``rpb_mlp``, qkv in (q|k|v, heads, dim) order) loads to the same model."""
+    from attnzoo.layers.maxvit_attn import qkv_from_head_first
+
+    for name in ("az_maxvit_nano_rw_256",):  # Swin-layout table and head-first qkv (the MLP is a rename)
+        torch.manual_seed(0)
+        model = timm.create_model(name).eval()
+        old = {}
+        for k, v in model.state_dict().items():
+            if k.endswith(".rel_pos.relative_position_bias_table"):
+                attn = model.get_submodule(k[: -len(".rel_pos.relative_position_bias_table")])
+                k, v = k.replace(".rel_pos.relative_position_bias_table", ".rpb"), attn.relative_position_bias()
+            elif ".rel_pos.mlp." in k:
+                k = k.replace(".rel_pos.mlp.", ".rpb_mlp.")
+            elif ".attn.qkv." in k:
+                v = qkv_from_head_first(v, model.get_submodule(k.rsplit(".qkv.", 1)[0]).num_heads)
+            old[k] = v.detach().clone()
+        torch.save(old, tmp_path / "old.pth")
+        again = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "old.pth"))).eval()
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0, msg=k)
