@@ -13,7 +13,17 @@ from timm.layers import make_divisible, trunc_normal_
 
 from attnzoo.kernels.halo_attention import halo_attention
 
-__all__ = ["HaloAttention2d"]
+__all__ = ["HaloAttention2d", "RelLogitEmbed"]
+
+
+class RelLogitEmbed(nn.Module):
+    """The factorised relative-logit embeddings ``height_rel`` / ``width_rel`` ``[2 * win - 1,
+    dim_head]``, named as timm's ``PosEmbedRel`` (``self_attn.pos_embed.*``)."""
+
+    def __init__(self, win: int, dim_head: int, device=None, dtype=None):
+        super().__init__()
+        self.height_rel = nn.Parameter(torch.empty(2 * win - 1, dim_head, device=device, dtype=dtype))
+        self.width_rel = nn.Parameter(torch.empty(2 * win - 1, dim_head, device=device, dtype=dtype))
 
 
 @register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
@@ -86,12 +96,17 @@ class HaloAttention2d(nn.Module):
         self.query_stride = 1 if self.avg_down else stride
         self.backend = backend
         win = block_size + 2 * halo_size
-        self.q = nn.Linear(dim, num_heads * self.dim_head_qk, bias=qkv_bias, **dd)
+        # timm's 1x1 convolutions (weights [out, in, 1, 1], so state dicts are timm's), applied as
+        # linears on the channels-last input (``_project``: the flattened weight is a view)
+        self.q = nn.Conv2d(dim, num_heads * self.dim_head_qk, 1, bias=qkv_bias, **dd)
         # per head: [k (dim_head_qk) | v (dim_head_v)], the channel order of timm's kv conv
-        self.kv = nn.Linear(dim, num_heads * (self.dim_head_qk + self.dim_head_v), bias=qkv_bias, **dd)
-        self.height_rel = nn.Parameter(torch.empty(2 * win - 1, self.dim_head_qk, **dd))
-        self.width_rel = nn.Parameter(torch.empty(2 * win - 1, self.dim_head_qk, **dd))
+        self.kv = nn.Conv2d(dim, num_heads * (self.dim_head_qk + self.dim_head_v), 1, bias=qkv_bias, **dd)
+        self.pos_embed = RelLogitEmbed(win, self.dim_head_qk, **dd)
         self.reset_parameters()
+
+    @staticmethod
+    def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, conv.weight.flatten(1), conv.bias)
 
     def reset_parameters(self) -> None:
         std = self.dim ** -0.5  # fan-in
@@ -100,8 +115,8 @@ class HaloAttention2d(nn.Module):
         for bias in (self.q.bias, self.kv.bias):
             if bias is not None:
                 nn.init.zeros_(bias)
-        trunc_normal_(self.height_rel, std=self.scale)
-        trunc_normal_(self.width_rel, std=self.scale)
+        trunc_normal_(self.pos_embed.height_rel, std=self.scale)
+        trunc_normal_(self.pos_embed.width_rel, std=self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
@@ -111,8 +126,8 @@ class HaloAttention2d(nn.Module):
         b, h, w, _ = x.shape
         bs, s = self.block_size, self.query_stride
         hp, wp = math.ceil(h / bs) * bs, math.ceil(w / bs) * bs
-        q = self.q(x[:, ::s, ::s] if s > 1 else x)
-        kv = self.kv(x)
+        q = self._project(self.q, x[:, ::s, ::s] if s > 1 else x)
+        kv = self._project(self.kv, x)
         if (hp, wp) != (h, w):
             # pad after the projections: padded keys and values are zeros, as in the halo
             q = F.pad(q, (0, 0, 0, wp // s - q.shape[2], 0, hp // s - q.shape[1]))
@@ -120,7 +135,7 @@ class HaloAttention2d(nn.Module):
         q = q.unflatten(-1, (self.num_heads, self.dim_head_qk))
         k, v = kv.unflatten(-1, (self.num_heads, -1)).split([self.dim_head_qk, self.dim_head_v], dim=-1)
         out = halo_attention(
-            q, k, v, self.height_rel, self.width_rel, bs, self.halo_size, s,
+            q, k, v, self.pos_embed.height_rel, self.pos_embed.width_rel, bs, self.halo_size, s,
             scale=self.scale, backend=self.backend,
         )
         out = out.flatten(-2)  # [B, hp / s, wp / s, dim_out]

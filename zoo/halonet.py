@@ -35,12 +35,12 @@ import torch
 from torch import nn
 import timm
 from timm.layers import BatchNormAct2d, ConvNormAct, DropPath, get_act_layer, get_attn, make_divisible
-from timm.models import generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from attnzoo.layers.halo_attn import HaloAttention2d
 
-from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
+from ._common import StagedModel, check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 from .hub import build_model
 
@@ -137,14 +137,38 @@ class SelfAttnBlock(nn.Module):
         return self.act(out)
 
 
-class HaloStage(nn.Module):
+class SingleConvStem(ConvNormAct):
+    """One conv + BN-act as the whole stem (timm's ``stem_type='one'``: parameters ``stem.conv`` /
+    ``stem.bn``, as haloregnetz_b's checkpoints name them); the stride-2 feature is its output."""
+
+    feature_after = ""
+
+    def __init__(self, in_chans: int, chs: int, kernel_size: int, act_layer):
+        super().__init__(in_chans, chs, kernel_size, stride=2, act_layer=act_layer)
+        self.feature_chs = chs
+
+    def forward_with_feature(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self(x)
+        return x, x
+
+
+class HaloStage(nn.Sequential):
+    """The blocks of one stage, indexed directly (``stages.<i>.<j>``, timm's ByobNet names)."""
+
     def __init__(self, blocks: List[nn.Module]):
-        super().__init__()
+        super().__init__(*blocks)
         self.grad_checkpointing = False
-        self.blocks = nn.Sequential(*blocks)
+
+    @property
+    def blocks(self) -> "HaloStage":
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self, x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self, x)
+        for block in self:
+            x = block(x)
+        return x
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -162,6 +186,7 @@ class HaloNetConfig:
     stem_strides: Tuple[int, ...] = (2, 1, 1)
     stem_kernel: int = 3
     stem_pool: bool = True
+    stem_single: bool = False  # the stem is one ConvNormAct (timm's stem_type='one'), not conv1..convN
     group_size: int = 0  # channels per group of the bottleneck 3x3 conv; 0: one group
     act: str = "relu"
     attn: Optional[str] = None  # channel attention of bottleneck blocks: 'se', 'eca' or None
@@ -206,7 +231,12 @@ class HaloNet(StagedModel):
             if cfg.attn_rd_ratio is not None:
                 attn_layer = partial(attn_layer, rd_ratio=cfg.attn_rd_ratio)
 
-        self.stem = Stem(in_chans, cfg.stem_chs, cfg.stem_strides, cfg.stem_kernel, cfg.stem_pool, act_layer)
+        if cfg.stem_single:
+            if len(cfg.stem_chs) != 1 or tuple(cfg.stem_strides) != (2,) or cfg.stem_pool:
+                raise ValueError("stem_single needs one stem conv of stride 2 and no stem pool")
+            self.stem = SingleConvStem(in_chans, cfg.stem_chs[0], cfg.stem_kernel, act_layer)
+        else:
+            self.stem = Stem(in_chans, cfg.stem_chs, cfg.stem_strides, cfg.stem_kernel, cfg.stem_pool, act_layer)
         reduction = math.prod(cfg.stem_strides) * (2 if cfg.stem_pool else 1)
         depths = [len(s) for s in cfg.layout]
         dpr = drop_path_rates(depths, drop_path_rate)
@@ -214,7 +244,7 @@ class HaloNet(StagedModel):
         stages = []
         # as timm's ByobNet: the stem's convolutions are feature 0, then the stages
         # module: the stride-2 layer inside the stem (hook and FX feature extraction read it)
-        self.feature_info = [dict(num_chs=self.stem.feature_chs, reduction=2, module=f"stem.{self.stem.feature_after}")]
+        self.feature_info = [dict(num_chs=self.stem.feature_chs, reduction=2, module=".".join(filter(None, ("stem", self.stem.feature_after))))]
         for i, letters in enumerate(cfg.layout):
             halo_kwargs = dict(
                 num_heads=cfg.num_heads[i], block_size=cfg.block_size, halo_size=cfg.halo_size,
@@ -284,7 +314,7 @@ class HaloNet(StagedModel):
         return dict(
             stem=r"^stem",
             blocks=[
-                (r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
                 (r"^final_conv", (99999,)),
             ],
         )
@@ -379,31 +409,29 @@ class ClassifierHead(nn.Module):
 
 # --- checkpoint conversion ---------------------------------------------------------------------
 
-_TIMM_RULES = [
-    (re.compile(r"^stem\.(conv|bn)\."), r"stem.conv1.\1."),  # a single-conv stem (haloregnetz_b) is ConvNormAct itself
-    (re.compile(r"^stages\.(\d+)\.(\d+)\."), r"stages.\1.blocks.\2."),
-    (re.compile(r"\.self_attn\.pos_embed\.(height_rel|width_rel)$"), r".self_attn.\1"),
+# attnzoo's names before its state dicts became timm's
+_OLD_RULES = [
+    (re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."), r"stages.\1.\2."),
+    (re.compile(r"\.self_attn\.(height_rel|width_rel)$"), r".self_attn.pos_embed.\1"),
 ]
 _ATTN_PROJ = re.compile(r"\.self_attn\.(q|kv)\.weight$")
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Optional[HaloNet] = None) -> Dict[str, torch.Tensor]:
-    """Converts a timm ByobNet HaloNet checkpoint (``timm/<name>.<tag>``) to attnzoo's names;
-    attnzoo's own checkpoints pass through unchanged.
-
-    timm keeps ``stages.i.j`` (ours ``stages.i.blocks.j``), ``self_attn.pos_embed.*_rel`` (ours
-    ``self_attn.*_rel``) and 1x1 conv weights ``[out, in, 1, 1]`` for the q / kv projections (ours
-    are linear ``[out, in]``, same channel order); everything else has the same names.
+    """A HaloNet checkpoint in timm's ByobNet format (``timm/<name>.<tag>``; attnzoo's own state
+    dicts are the same): unwrapped from ``state_dict`` / ``model``; attnzoo's earlier names
+    (``stages.i.blocks.j``, ``self_attn.{height,width}_rel``, linear ``[out, in]`` q / kv
+    weights) converted to timm's (``stages.i.j``, ``self_attn.pos_embed.*``, ``[out, in, 1, 1]``).
     """
     for wrapper in ("state_dict", "model"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
     out: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        for pattern, repl in _TIMM_RULES:
+        for pattern, repl in _OLD_RULES:
             key = pattern.sub(repl, key)
-        if _ATTN_PROJ.search(key) and value.dim() == 4:
-            value = value.flatten(1)
+        if _ATTN_PROJ.search(key) and value.dim() == 2:
+            value = value[:, :, None, None]
         out[key] = value
     return out
 
@@ -432,7 +460,7 @@ _CONFIGS: Dict[str, HaloNetConfig] = {
     "haloregnetz_b": HaloNetConfig(
         layout=("bb", "b" * 6, "bbbh" * 3, "hh"), widths=(48, 96, 192, 288), strides=(2, 2, 2, 2),
         bottle_ratio=(3.0,) * 4, stem_chs=(32,), stem_strides=(2,), stem_pool=False, group_size=16, act="silu",
-        attn="se", attn_rd_ratio=0.25, block_size=7, halo_size=2, qk_ratio=0.33, num_features=1536,
+        attn="se", attn_rd_ratio=0.25, block_size=7, halo_size=2, qk_ratio=0.33, num_features=1536, stem_single=True,
         conv_shortcut=False, bottle_in=True, linear_out=True,
     ),
 }
@@ -454,7 +482,6 @@ def _cfg(timm_name: str, tag: str) -> Dict:
     cfg = timm.models.get_pretrained_cfg(f"{timm_name}.{tag}").to_dict()
     for key in ("architecture", "tag"):
         cfg.pop(key, None)
-    cfg["first_conv"] = "stem.conv1.conv"  # haloregnetz_b's single-conv stem is "stem.conv" in timm
     cfg["classifier"] = "head.fc"
     cfg["paper_ids"] = "arXiv:2103.12731"
     return cfg

@@ -24,15 +24,11 @@ def _twins(cfg, seed=0):
     timm_cfg = dict(cfg)
     theirs = HaloAttn(timm_cfg.pop("dim"), **timm_cfg).double()
     with torch.no_grad():
-        theirs.q.weight.copy_(ours.q.weight[:, :, None, None])
-        theirs.kv.weight.copy_(ours.kv.weight[:, :, None, None])
         if cfg.get("qkv_bias"):
             ours.q.bias.normal_()
             ours.kv.bias.normal_()
-            theirs.q.bias.copy_(ours.q.bias)
-            theirs.kv.bias.copy_(ours.kv.bias)
-        theirs.pos_embed.height_rel.copy_(ours.height_rel)
-        theirs.pos_embed.width_rel.copy_(ours.width_rel)
+    # timm's parameter names and layouts: the state dict moves as it is
+    theirs.load_state_dict(ours.state_dict(), strict=True)
     return ours, theirs
 
 

@@ -1,6 +1,7 @@
 """HaloNet specifics: same weights in, same logits out as timm's ByobNet twins (through
 ``checkpoint_filter_fn`` and timm's pretrained loader), architecture parity with timm, and the
 pretrained cfgs derived from timm's."""
+import re
 import time
 
 import pytest
@@ -90,22 +91,53 @@ def test_pretrained_cfg_is_timms(name):
     for key in ("hf_hub_id", "url", "input_size", "min_input_size", "crop_pct", "crop_mode", "interpolation",
                 "mean", "std", "num_classes", "pool_size", "license", "tag"):
         assert ours.get(key) == theirs.get(key), key
-    assert ours["first_conv"] == "stem.conv1.conv" and ours["classifier"] == "head.fc"
+    assert ours["first_conv"] == theirs["first_conv"] and ours["classifier"] == "head.fc"
     if theirs.get("hf_hub_id"):
         assert ours["hf_hub_id"] == f"timm/{timm_name}.{theirs['tag']}"
 
 
-def test_checkpoint_filter_converts_timm_keys_and_passes_ours_through():
+def test_checkpoint_filter_passes_timm_keys_through_and_reads_earlier_attnzoo_names():
     torch.manual_seed(0)
-    theirs = timm.create_model("haloregnetz_b")
-    converted = checkpoint_filter_fn(theirs.state_dict())
-    assert "stem.conv1.conv.weight" in converted and "stem.conv.weight" not in converted
-    q = converted["stages.3.blocks.0.self_attn.q.weight"]
-    assert q.dim() == 2 and torch.equal(q, theirs.state_dict()["stages.3.0.self_attn.q.weight"].flatten(1))
-    assert torch.equal(converted["stages.3.blocks.0.self_attn.height_rel"], theirs.stages[3][0].self_attn.pos_embed.height_rel)
-    again = checkpoint_filter_fn(converted)
-    assert again.keys() == converted.keys() and all(torch.equal(again[k], converted[k]) for k in again)
-    assert checkpoint_filter_fn({"state_dict": converted}).keys() == converted.keys()
+    theirs = timm.create_model("haloregnetz_b").state_dict()
+    same = checkpoint_filter_fn(theirs)
+    assert same.keys() == theirs.keys() and all(torch.equal(same[k], v) for k, v in theirs.items())
+    assert checkpoint_filter_fn({"state_dict": theirs}).keys() == theirs.keys()
+    # attnzoo's names before they became timm's: stages.i.blocks.j, self_attn.*_rel, linear q / kv
+    old = {}
+    for k, v in theirs.items():
+        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k).replace(".pos_embed.", ".")
+        old[k] = v.flatten(1) if k.endswith(("self_attn.q.weight", "self_attn.kv.weight")) else v
+    back = checkpoint_filter_fn(old)
+    assert back.keys() == theirs.keys() and all(torch.equal(back[k], v) for k, v in theirs.items())
+
+
+def _timm_state_dict_round_trip(name):
+    """timm's state dict loads strictly into the az_ model and the az_ model's into timm's: same
+    keys, shapes and layouts, same logits."""
+    torch.manual_seed(0)
+    theirs = timm.create_model(name[len("az_"):]).eval()
+    _randomise_twin(theirs, seed=1)
+    ours = timm.create_model(name).eval()
+    sd = theirs.state_dict()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in sd.items()]
+    ours.load_state_dict(sd, strict=True)
+    back = timm.create_model(name[len("az_"):]).eval()
+    back.load_state_dict(ours.state_dict(), strict=True)
+    assert all(torch.equal(v, sd[k]) for k, v in back.state_dict().items())
+    x = torch.randn((1,) + tuple(theirs.pretrained_cfg["input_size"]), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, got = theirs(x), ours(x)
+    assert ((got - want).norm() / want.norm()).item() <= 1e-5
+
+
+def test_timm_state_dict_round_trip():
+    _timm_state_dict_round_trip(CI_NAME)
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("name", NAMES)
+def test_timm_state_dict_round_trip_every_variant(name):
+    _timm_state_dict_round_trip(name)
 
 
 def test_features_only_with_out_indices_and_mixer_backend():
