@@ -489,7 +489,10 @@ def _train(args, dist, say, out, splits, num_classes, resume, t_start, DataLoade
                     x = x.contiguous(memory_format=torch.channels_last)
                 if mixup_fn is not None:
                     x, y = mixup_fn(x, y)
-                sync = ddp.no_sync() if (ddp is not None and k < args.grad_accum_steps - 1) else contextlib.nullcontext()
+                last_micro = k == args.grad_accum_steps - 1
+                sync = ddp.no_sync() if (ddp is not None and not last_micro) else contextlib.nullcontext()
+                if args.fsdp and args.grad_accum_steps > 1:
+                    model.set_requires_gradient_sync(last_micro)  # reduce-scatter once per step
                 with sync:
                     with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
                         loss = criterion(train_net(x), y)

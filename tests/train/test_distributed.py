@@ -76,3 +76,13 @@ def test_fsdp2_matches_one_process_and_resumes_exactly(digits_small, single, tmp
     assert "resumed from" in resumed.stdout and "step 5/12" in resumed.stdout, resumed.stdout
     again = load_file(out / "final.safetensors")
     assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+def test_grad_accumulation_changes_memory_not_the_result(digits_small, single, tmp_path):
+    """--batch-size 16 in 4 micro-batches of 4 takes the same steps as one batch of 16."""
+    from .conftest import run_in_process
+
+    run_in_process(train_args(digits_small, tmp_path / "accum", *_RUN, "--batch-size", "16", "--grad-accum-steps", "4"))
+    worst = _max_rel_diff(load_file(single / "final.safetensors"), load_file(tmp_path / "accum" / "final.safetensors"))
+    print(f"4 accumulated micro-batches vs one batch after 12 SGD steps: max relative weight difference {worst:.3g}")
+    assert worst < 1e-5, worst
