@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     head = ["model", "twin", "px"]
     for c in modes:
         tag = "compile" if c else "eager"
-        head += [f"ours {tag} img/s", f"timm {tag} img/s", f"ours/timm", f"ours {tag} {mem}", f"timm {tag} {mem}"]
+        head += [f"ours {tag} img/s", f"timm {tag} img/s", "ours/timm", f"ours {tag} {mem}", f"timm {tag} {mem}"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name in models:

@@ -18,7 +18,7 @@ import argparse
 import itertools
 import random
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch

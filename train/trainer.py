@@ -245,15 +245,9 @@ class _Printer:
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """Run (or continue) a training run; returns the final summary. Raises TrainInputError on bad input."""
-    from torch.utils.data import DataLoader, IterableDataset
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, dispatch_clip_grad
-    from tqdm import tqdm
+    from torch.utils.data import IterableDataset
 
-    from .data import ResumableDistributedSampler, SeededSamples, build_datasets, eval_loader
+    from .data import build_datasets
 
     t_start = time.perf_counter()
     dist = Dist(args.device)
@@ -297,17 +291,23 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         torch.use_deterministic_algorithms(True)
     dist.start()
     try:
-        return _train(args, dist, say, out, splits, num_classes, resume, t_start,
-                      DataLoader, Mixup, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, create_optimizer_v2,
-                      create_scheduler_v2, ModelEmaV3, dispatch_clip_grad, tqdm, ResumableDistributedSampler,
-                      SeededSamples, eval_loader, iterable)
+        return _train(args, dist, say, out, splits, num_classes, resume, t_start, iterable)
     finally:
         dist.stop()
 
 
-def _train(args, dist, say, out, splits, num_classes, resume, t_start, DataLoader, Mixup, LabelSmoothingCrossEntropy,
-           SoftTargetCrossEntropy, create_optimizer_v2, create_scheduler_v2, ModelEmaV3, dispatch_clip_grad, tqdm,
-           ResumableDistributedSampler, SeededSamples, eval_loader, iterable) -> Dict[str, Any]:
+def _train(args, dist: Dist, say: "_Printer", out: Path, splits, num_classes: int, resume, t_start: float,
+           iterable: bool) -> Dict[str, Any]:
+    from torch.utils.data import DataLoader
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, dispatch_clip_grad
+    from tqdm import tqdm
+
+    from .data import ResumableDistributedSampler, SeededSamples, eval_loader
+
     device = dist.device
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = create_model(args, num_classes, pretrained=args.pretrained)

@@ -9,7 +9,7 @@ import torch
 
 from attnzoo.train.logs import read_csv
 
-from .conftest import TINY_MODEL, run_in_process, train_args
+from .conftest import run_in_process, train_args
 
 
 @pytest.fixture(scope="module")
