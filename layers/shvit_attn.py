@@ -67,7 +67,8 @@ class SingleHeadAttention2d(nn.Module):
         proj_bn_init: initial BatchNorm scale of the output projection.
         backend: dense attention backend for this module (None: dispatch rule; see attnzoo.kernels).
 
-    Keys: ``norm.*``, ``qkv.c.weight``, ``qkv.bn.*``, ``proj.c.weight``, ``proj.bn.*``.
+    Keys as timm's ``SHSA``: ``pre_norm.*``, ``qkv.c.weight``, ``qkv.bn.*``, ``proj.1.c.weight``,
+    ``proj.1.bn.*`` (``proj`` is ``Sequential(ReLU, conv-BN)``).
     """
 
     def __init__(
@@ -92,10 +93,9 @@ class SingleHeadAttention2d(nn.Module):
         self.qk_dim = qk_dim
         self.scale = qk_dim ** -0.5
         self.backend = backend
-        self.norm = nn.GroupNorm(1, partial_dim, **dd)
+        self.pre_norm = nn.GroupNorm(1, partial_dim, **dd)
         self.qkv = ConvNorm2d(partial_dim, 2 * qk_dim + partial_dim, **dd)
-        self.act = nn.ReLU()
-        self.proj = ConvNorm2d(dim, dim, bn_weight_init=proj_bn_init, **dd)
+        self.proj = nn.Sequential(nn.ReLU(), ConvNorm2d(dim, dim, bn_weight_init=proj_bn_init, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.dim:
@@ -104,12 +104,12 @@ class SingleHeadAttention2d(nn.Module):
             )
         b, _, h, w = x.shape
         x1, x2 = x.split([self.partial_dim, self.dim - self.partial_dim], dim=1)
-        qkv = self.qkv(self.norm(x1))
+        qkv = self.qkv(self.pre_norm(x1))
         # NCHW -> the op's heads-last [B, H, W, heads=1, channels]
         q, k, v = qkv.permute(0, 2, 3, 1).unsqueeze(-2).split([self.qk_dim, self.qk_dim, self.partial_dim], dim=-1)
         out = dense_attention(q, k, v, scale=self.scale, backend=self.backend)  # [B, H, W, 1, partial_dim]
         out = out.squeeze(-2).permute(0, 3, 1, 2)
-        return self.proj(self.act(torch.cat([out, x2], dim=1)))
+        return self.proj(torch.cat([out, x2], dim=1))
 
     def extra_repr(self) -> str:
         return (

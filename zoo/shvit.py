@@ -3,7 +3,9 @@
 Paper: Yun and Ro, CVPR 2024 (arXiv:2401.16456).
 Upstream: ysj9909/SHViT (model/shvit.py, MIT) and timm's port (timm/models/shvit.py, Apache-2.0)
 whose weights live on the Hub as ``timm/shvit_s{1,2,3,4}.in1k`` (MIT). Written for attnzoo from
-those definitions.
+those definitions, with timm's parameter names (``patch_embed.*``, residual branches ``*.m.*``, the
+downsampler ``downsample.0-4``, ``mixer.m.*``, ``head.bn`` / ``head.l``): an ``az_shvit_*`` state
+dict is its timm twin's, both ways.
 
 Architecture: a stem of four 3x3 stride-2 conv-BN (ReLU between them; stride 16), then three
 stages at strides 16, 32 and 64. A block is ``x + dw3x3(x)`` (depthwise conv-BN), then
@@ -76,28 +78,33 @@ class PatchMerging(nn.Module):
         return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
 
 
-class Downsample(nn.Module):
-    """Residual depthwise conv + FFN at ``dim``, patch merging to ``out_dim`` (stride 2), residual
-    depthwise conv + FFN at ``out_dim``; NCHW."""
+class Residual(nn.Module):
+    """``x + drop_path(m(x))``; the branch is ``m`` (timm's name)."""
 
-    def __init__(self, dim: int, out_dim: int, residual_bn_init: float):
+    def __init__(self, m: nn.Module, drop_path: float = 0.0):
         super().__init__()
-        self.pre_conv = ConvNorm2d(dim, dim, 3, groups=dim)
-        self.pre_ffn = ConvFFN(dim, 2 * dim, residual_bn_init)
-        self.merge = PatchMerging(dim, out_dim)
-        self.post_conv = ConvNorm2d(out_dim, out_dim, 3, groups=out_dim)
-        self.post_ffn = ConvFFN(out_dim, 2 * out_dim, residual_bn_init)
+        self.m = m
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pre_conv(x)
-        x = x + self.pre_ffn(x)
-        x = self.merge(x)
-        x = x + self.post_conv(x)
-        return x + self.post_ffn(x)
+        return x + self.drop_path(self.m(x))
+
+
+def make_downsample(dim: int, out_dim: int, residual_bn_init: float) -> nn.Sequential:
+    """Residual depthwise conv + FFN at ``dim`` (0, 1), patch merging to ``out_dim`` (2, stride 2),
+    residual depthwise conv + FFN at ``out_dim`` (3, 4); NCHW. Indexed as timm's."""
+    return nn.Sequential(
+        Residual(ConvNorm2d(dim, dim, 3, groups=dim)),
+        Residual(ConvFFN(dim, 2 * dim, residual_bn_init)),
+        PatchMerging(dim, out_dim),
+        Residual(ConvNorm2d(out_dim, out_dim, 3, groups=out_dim)),
+        Residual(ConvFFN(out_dim, 2 * out_dim, residual_bn_init)),
+    )
 
 
 class SHViTBlock(nn.Module):
-    """``x + conv(x)``, ``x + attn(x)`` (when the stage has attention), ``x + ffn(x)``; NCHW."""
+    """``x + conv(x)``, ``x + mixer(x)`` (single-head attention, when the stage has it),
+    ``x + ffn(x)``; NCHW. Each branch is a ``Residual`` (``*.m.*``, timm's names)."""
 
     def __init__(
         self,
@@ -110,19 +117,20 @@ class SHViTBlock(nn.Module):
         backend: Optional[str],
     ):
         super().__init__()
-        self.conv = ConvNorm2d(dim, dim, 3, groups=dim, bn_weight_init=residual_bn_init)
-        self.attn = (
-            SingleHeadAttention2d(dim, partial_dim, qk_dim, proj_bn_init=residual_bn_init, backend=backend)
-            if attention else None
+        self.conv = Residual(ConvNorm2d(dim, dim, 3, groups=dim, bn_weight_init=residual_bn_init), drop_path)
+        self.mixer = (
+            Residual(SingleHeadAttention2d(dim, partial_dim, qk_dim, proj_bn_init=residual_bn_init, backend=backend), drop_path)
+            if attention else nn.Identity()
         )
-        self.ffn = ConvFFN(dim, 2 * dim, residual_bn_init)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.ffn = Residual(ConvFFN(dim, 2 * dim, residual_bn_init), drop_path)
+
+    @property
+    def attn(self) -> Optional[SingleHeadAttention2d]:
+        """The single-head attention mixer, or None in a stage without attention."""
+        return self.mixer.m if isinstance(self.mixer, Residual) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.conv(x))
-        if self.attn is not None:
-            x = x + self.drop_path(self.attn(x))
-        return x + self.drop_path(self.ffn(x))
+        return self.ffn(self.mixer(self.conv(x)))
 
 
 class SHViTStage(nn.Module):
@@ -140,7 +148,7 @@ class SHViTStage(nn.Module):
         backend: Optional[str],
     ):
         super().__init__()
-        self.downsample = Downsample(dim_in, dim, residual_bn_init) if downsample else nn.Identity()
+        self.downsample = make_downsample(dim_in, dim, residual_bn_init) if downsample else nn.Identity()
         self.grad_checkpointing = False
         self.blocks = nn.Sequential(*[
             SHViTBlock(dim, partial_dim, qk_dim, attention, drop_path[i], residual_bn_init, backend)
@@ -152,36 +160,29 @@ class SHViTStage(nn.Module):
         return run_blocks(self, x)
 
 
-class Stem(nn.Module):
-    """Four 3x3 stride-2 conv-BN (``dim/8, dim/4, dim/2, dim`` channels) with ReLU between; stride 16."""
-
-    def __init__(self, in_chans: int, dim: int):
-        super().__init__()
-        self.conv1 = ConvNorm2d(in_chans, dim // 8, 3, stride=2)
-        self.conv2 = ConvNorm2d(dim // 8, dim // 4, 3, stride=2)
-        self.conv3 = ConvNorm2d(dim // 4, dim // 2, 3, stride=2)
-        self.conv4 = ConvNorm2d(dim // 2, dim, 3, stride=2)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
-        x = self.act(self.conv3(x))
-        return self.conv4(x)
+def patch_embed(in_chans: int, dim: int) -> nn.Sequential:
+    """Four 3x3 stride-2 conv-BN (``dim/8, dim/4, dim/2, dim`` channels) with ReLU between; stride
+    16. Indexed as timm's (convs at 0, 2, 4, 6)."""
+    return nn.Sequential(
+        ConvNorm2d(in_chans, dim // 8, 3, stride=2), nn.ReLU(),
+        ConvNorm2d(dim // 8, dim // 4, 3, stride=2), nn.ReLU(),
+        ConvNorm2d(dim // 4, dim // 2, 3, stride=2), nn.ReLU(),
+        ConvNorm2d(dim // 2, dim, 3, stride=2),
+    )
 
 
 class NormLinear(nn.Module):
-    """BatchNorm1d then Linear: SHViT's classifier over the pooled features."""
+    """BatchNorm1d ``bn`` then Linear ``l`` (timm's names): SHViT's classifier over the pooled features."""
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
-        self.norm = nn.BatchNorm1d(dim)
-        self.fc = nn.Linear(dim, num_classes)
-        trunc_normal_(self.fc.weight, std=0.02)
-        nn.init.zeros_(self.fc.bias)
+        self.bn = nn.BatchNorm1d(dim)
+        self.l = nn.Linear(dim, num_classes)  # noqa: E741  (timm's parameter name)
+        trunc_normal_(self.l.weight, std=0.02)
+        nn.init.zeros_(self.l.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(x))
+        return self.l(self.bn(x))
 
 
 class SHViT(StagedModel):
@@ -225,7 +226,7 @@ class SHViT(StagedModel):
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = embed_dims[-1]
 
-        self.stem = Stem(in_chans, embed_dims[0])
+        self.patch_embed = patch_embed(in_chans, embed_dims[0])
         dpr = drop_path_rates(depths, drop_path_rate)
         stages = []
         self.feature_info = []
@@ -239,6 +240,15 @@ class SHViT(StagedModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    @property
+    def stem(self) -> nn.Sequential:
+        """The patch embedding (timm's ``patch_embed``) under the name the other families use."""
+        return self.patch_embed
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(super().group_matcher(coarse), stem=r"^patch_embed")
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         """Nothing beyond what timm's optimizer factory already exempts (biases and norm scales)."""
@@ -246,7 +256,7 @@ class SHViT(StagedModel):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head.fc if isinstance(self.head, NormLinear) else self.head
+        return self.head.l if isinstance(self.head, NormLinear) else self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is not None:
@@ -307,22 +317,21 @@ class SHViT(StagedModel):
 
 # --- checkpoint conversion ---------------------------------------------------------------------
 
-# timm's port (timm/shvit_s*.in1k on the Hub): Residual wrappers add ``.m``, the downsampler is a
-# Sequential 0..4, the attention projection is Sequential(ReLU, conv-BN).
-_TIMM_RULES = [
-    (r"^patch_embed\.([0246])\.", lambda m: f"stem.conv{int(m.group(1)) // 2 + 1}."),
-    (r"^stages\.(\d+)\.downsample\.0\.m\.", r"stages.\1.downsample.pre_conv."),
-    (r"^stages\.(\d+)\.downsample\.1\.m\.", r"stages.\1.downsample.pre_ffn."),
-    (r"^stages\.(\d+)\.downsample\.2\.", r"stages.\1.downsample.merge."),
-    (r"^stages\.(\d+)\.downsample\.3\.m\.", r"stages.\1.downsample.post_conv."),
-    (r"^stages\.(\d+)\.downsample\.4\.m\.", r"stages.\1.downsample.post_ffn."),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.conv\.m\.", r"stages.\1.blocks.\2.conv."),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.mixer\.m\.pre_norm\.", r"stages.\1.blocks.\2.attn.norm."),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.mixer\.m\.qkv\.", r"stages.\1.blocks.\2.attn.qkv."),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.mixer\.m\.proj\.1\.", r"stages.\1.blocks.\2.attn.proj."),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn\.m\.", r"stages.\1.blocks.\2.ffn."),
-    (r"^head\.bn\.", "head.norm."),
-    (r"^head\.l\.", "head.fc."),
+# attnzoo's names before its state dicts became timm's (timm/shvit_s*.in1k names on the right)
+_OLD_RULES = [
+    (r"^stem\.conv([1-4])\.", lambda m: f"patch_embed.{2 * (int(m.group(1)) - 1)}."),
+    (r"^stages\.(\d+)\.downsample\.pre_conv\.", r"stages.\1.downsample.0.m."),
+    (r"^stages\.(\d+)\.downsample\.pre_ffn\.", r"stages.\1.downsample.1.m."),
+    (r"^stages\.(\d+)\.downsample\.merge\.", r"stages.\1.downsample.2."),
+    (r"^stages\.(\d+)\.downsample\.post_conv\.", r"stages.\1.downsample.3.m."),
+    (r"^stages\.(\d+)\.downsample\.post_ffn\.", r"stages.\1.downsample.4.m."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.conv\.(?!m\.)", r"stages.\1.blocks.\2.conv.m."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.attn\.norm\.", r"stages.\1.blocks.\2.mixer.m.pre_norm."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.", r"stages.\1.blocks.\2.mixer.m.qkv."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.attn\.proj\.", r"stages.\1.blocks.\2.mixer.m.proj.1."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn\.(?!m\.)", r"stages.\1.blocks.\2.ffn.m."),
+    (r"^head\.norm\.", "head.bn."),
+    (r"^head\.fc\.", "head.l."),
 ]
 
 # The authors' checkpoints (ysj9909/SHViT model/shvit.py): stage i is ``blocks{i+1}``; in stages
@@ -356,23 +365,22 @@ def _rename(key: str, rules) -> str:
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SHViT) -> Dict[str, torch.Tensor]:
-    """Converts an SHViT checkpoint to attnzoo's names: timm's (``timm/shvit_s*.in1k``), the
-    authors' original ``.pth`` format, or attnzoo's own (passed through)."""
+    """An SHViT checkpoint in timm's names (``timm/shvit_s*.in1k``; attnzoo's own state dicts are
+    the same, passed through): the authors' original ``.pth`` format and attnzoo's earlier names
+    are converted to them."""
     for wrapper in ("state_dict", "model"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
     if not any(k.startswith("patch_embed.") for k in state_dict):
-        return dict(state_dict)
+        return {_rename(k, _OLD_RULES): v for k, v in state_dict.items()}
     if any(k.startswith("head_dist.") for k in state_dict):
         raise ValueError(
             "checkpoint has a distillation head (head_dist.*): its eval logits average two BN-Linear heads, "
             "which one SHViT head cannot reproduce; use the non-distilled checkpoint"
         )
-    authors = any(k.startswith("blocks") for k in state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        out[_rename(_authors_to_timm(key) if authors else key, _TIMM_RULES)] = value
-    return out
+    if not any(k.startswith("blocks") for k in state_dict):
+        return dict(state_dict)
+    return {_authors_to_timm(k): v for k, v in state_dict.items()}
 
 
 # --- variants --------------------------------------------------------------------------------
@@ -399,12 +407,12 @@ _VARIANTS: Dict[str, Tuple[SHViTConfig, Published, str, str]] = {
 
 
 def _cfg(timm_name: str, tag: str) -> Dict:
-    """timm's pretrained cfg of the twin (Hub id, input size, crop, mean/std, license, ...), with
-    our first conv and classifier names."""
+    """timm's pretrained cfg of the twin (Hub id, input size, crop, mean/std, license, first conv and
+    classifier names: attnzoo's parameter names are timm's)."""
     cfg = timm.models.get_pretrained_cfg(f"{timm_name}.{tag}").to_dict()
     for derived in ("architecture", "tag"):
         cfg.pop(derived, None)
-    return dict(cfg, first_conv="stem.conv1.c", classifier="head.fc")
+    return cfg
 
 
 default_cfgs = generate_default_cfgs({

@@ -26,11 +26,11 @@ def _by_hand(mixer, x):
     b, c, h, w = x.shape
     p, d = mixer.partial_dim, mixer.qk_dim
     x1, x2 = x[:, :p], x[:, p:]
-    qkv = mixer.qkv(mixer.norm(x1)).flatten(2)  # [B, 2d + p, N]
+    qkv = mixer.qkv(mixer.pre_norm(x1)).flatten(2)  # [B, 2d + p, N]
     q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
     attn = torch.softmax(q.transpose(1, 2) @ k * d ** -0.5, dim=-1)  # [B, N_q, N_k]
     out = (v @ attn.transpose(1, 2)).view(b, p, h, w)
-    return mixer.proj(torch.relu(torch.cat([out, x2], dim=1)))
+    return mixer.proj[1](torch.relu(torch.cat([out, x2], dim=1)))  # proj = Sequential(ReLU, conv-BN)
 
 
 @pytest.mark.parametrize("dim,partial_dim,qk_dim,size", [
@@ -69,8 +69,8 @@ def test_matches_timm_shsa_with_the_same_weights(train):
     torch.manual_seed(0)
     theirs = _randomise(SHSA(64, 16, 24), seed=2)
     ours = SingleHeadAttention2d(64, 24, 16)
-    renamed = {k.replace("pre_norm.", "norm.").replace("proj.1.", "proj."): v for k, v in theirs.state_dict().items()}
-    ours.load_state_dict(renamed)
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # timm's names and layouts, both ways
+    assert list(ours.state_dict()) == list(theirs.state_dict())
     theirs.train(train)
     ours.train(train)
     x = torch.randn(2, 64, 6, 7)

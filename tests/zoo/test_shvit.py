@@ -1,6 +1,7 @@
 """SHViT specifics: same weights as timm's twin give the same logits, checkpoint conversion from
 timm's and the authors' layouts, pretrained cfgs, published figures, strides 16/32/64 at any size."""
 import math
+import re
 
 import pytest
 import timm
@@ -82,20 +83,44 @@ def test_same_features_as_timm_at_odd_sizes(size, tmp_path):
         assert a.shape == b.shape and _rel(a, b) <= 1e-5
 
 
-def test_timm_checkpoint_maps_one_to_one(tmp_path):
-    theirs, ours, _ = _twins("az_shvit_s1", tmp_path)
-    converted = attnzoo.shvit.checkpoint_filter_fn(theirs.state_dict(), ours)
-    assert len(converted) == len(theirs.state_dict()) and set(converted) == set(ours.state_dict())
+def test_timm_state_dict_round_trip(tmp_path):
+    """timm's state dict loads strictly into az_shvit_s1 and az_shvit_s1's into timm's (same keys,
+    shapes, layouts), same logits; the filter passes timm's names through."""
+    theirs, _, _ = _twins("az_shvit_s1", tmp_path)
     sd = theirs.state_dict()
-    assert torch.equal(converted["stem.conv4.c.weight"], sd["patch_embed.6.c.weight"])
-    assert torch.equal(converted["stages.1.downsample.merge.se.fc1.weight"], sd["stages.1.downsample.2.se.fc1.weight"])
-    assert torch.equal(converted["stages.2.downsample.post_ffn.pw2.bn.running_var"], sd["stages.2.downsample.4.m.pw2.bn.running_var"])
-    assert torch.equal(converted["stages.2.blocks.3.attn.norm.weight"], sd["stages.2.blocks.3.mixer.m.pre_norm.weight"])
-    assert torch.equal(converted["stages.2.blocks.3.attn.proj.c.weight"], sd["stages.2.blocks.3.mixer.m.proj.1.c.weight"])
-    assert torch.equal(converted["head.norm.running_mean"], sd["head.bn.running_mean"])
-    assert torch.equal(converted["head.fc.weight"], sd["head.l.weight"])
-    ours_sd = ours.state_dict()
-    assert attnzoo.shvit.checkpoint_filter_fn(ours_sd, ours).keys() == ours_sd.keys()  # ours passes through
+    ours = timm.create_model("az_shvit_s1").eval()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in sd.items()]
+    ours.load_state_dict(sd, strict=True)
+    back = _randomise(timm.create_model("shvit_s1"), 7).eval()
+    back.load_state_dict(ours.state_dict(), strict=True)
+    assert all(torch.equal(v, sd[k]) for k, v in back.state_dict().items())
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert _rel(ours(x), theirs(x)) <= 1e-5
+    converted = attnzoo.shvit.checkpoint_filter_fn(sd, ours)
+    assert list(converted) == list(sd) and all(torch.equal(converted[k], v) for k, v in sd.items())
+
+
+def test_attnzoo_earlier_names_still_load(tmp_path):
+    """attnzoo's names before its state dicts became timm's (stem.convN, downsample.pre_conv, ...,
+    attn.*, head.norm / head.fc) are converted to timm's."""
+    theirs, ours, _ = _twins("az_shvit_s1", tmp_path)
+    sd = theirs.state_dict()
+    old_names = {
+        "patch_embed.6.c.weight": "stem.conv4.c.weight",
+        "stages.1.downsample.2.se.fc1.weight": "stages.1.downsample.merge.se.fc1.weight",
+        "stages.2.downsample.4.m.pw2.bn.running_var": "stages.2.downsample.post_ffn.pw2.bn.running_var",
+        "stages.2.blocks.3.mixer.m.pre_norm.weight": "stages.2.blocks.3.attn.norm.weight",
+        "stages.2.blocks.3.mixer.m.proj.1.c.weight": "stages.2.blocks.3.attn.proj.c.weight",
+        "stages.0.blocks.0.conv.m.c.weight": "stages.0.blocks.0.conv.c.weight",
+        "stages.0.blocks.0.ffn.m.pw1.c.weight": "stages.0.blocks.0.ffn.pw1.c.weight",
+        "head.bn.running_mean": "head.norm.running_mean",
+        "head.l.weight": "head.fc.weight",
+    }
+    old = {old_names.get(k, re.sub(r"^patch_embed\.(\d)\.", lambda m: f"stem.conv{int(m.group(1)) // 2 + 1}.", k)): v for k, v in sd.items()}
+    assert not any(k.startswith("patch_embed") for k in old)
+    converted = attnzoo.shvit.checkpoint_filter_fn(old, ours)
+    assert list(converted) == list(sd) and all(torch.equal(converted[k], v) for k, v in sd.items())
 
 
 def _authors_layout(timm_sd):
@@ -135,7 +160,7 @@ def test_distilled_authors_checkpoint_is_refused(tmp_path):
 
 def test_checkpoint_of_another_variant_is_refused(tmp_path):
     _, _, path = _twins("az_shvit_s1", tmp_path)
-    with pytest.raises(RuntimeError, match="size mismatch|Missing key"):
+    with pytest.raises(RuntimeError, match="size mismatch|Missing key|has shape"):
         timm.create_model("az_shvit_s2", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
@@ -144,8 +169,8 @@ def test_pretrained_cfgs_are_timms(name):
     ours = timm.models.get_pretrained_cfg(name).to_dict()
     theirs = timm.models.get_pretrained_cfg(_timm_name(name)).to_dict()
     assert ours["hf_hub_id"] == f"timm/{_timm_name(name)}.in1k" and ours["tag"] == "in1k"
-    assert ours["first_conv"] == "stem.conv1.c" and ours["classifier"] == "head.fc"
-    for key in set(theirs) - {"architecture", "first_conv", "classifier"}:
+    assert ours["first_conv"] == "patch_embed.0.c" and ours["classifier"] == "head.l"  # timm's names
+    for key in set(theirs) - {"architecture"}:
         assert ours[key] == theirs[key], key
     assert attnzoo.get_entry(name).published.img_size == ours["input_size"][-1]
 
