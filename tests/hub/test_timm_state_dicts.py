@@ -1,7 +1,7 @@
 """Every az_ model's state dict is its timm twin's: the same keys in the same order, the same
 shapes, so ``load_state_dict`` works strictly both ways (built on the meta device: no weights are
 allocated). The families' own tests load both ways and compare logits (tests/zoo/test_maxvit.py,
-test_halonet.py, test_shvit.py); DaViT's is here."""
+test_halonet.py, test_shvit.py, test_davit.py); DaViT's strict round trip is here."""
 import pytest
 import timm
 import torch
@@ -28,16 +28,13 @@ def test_every_az_family_is_covered():
     assert {attnzoo.get_entry(n).family for n in SMALLEST} == {attnzoo.get_entry(n).family for n in AZ}
 
 
-def test_davit_state_dict_round_trip_and_logits():
-    torch.manual_seed(0)
-    theirs = timm.create_model("davit_tiny").eval()
-    # built on the meta device and assigned the loaded tensors: strict loading, no init cost
+def test_davit_state_dict_round_trip():
+    """Strict both ways (built on the meta device, random tensors assigned); the logits of timm's
+    weights in az_davit_* are tests/zoo/test_davit.py's."""
     with torch.device("meta"):
-        ours, back = timm.create_model("az_davit_tiny").eval(), timm.create_model("davit_tiny").eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True, assign=True)
+        ref, ours, back = timm.create_model("davit_tiny"), timm.create_model("az_davit_tiny"), timm.create_model("davit_tiny")
+    g = torch.Generator().manual_seed(0)
+    theirs = {k: torch.randn(v.shape, generator=g).to(v.dtype) for k, v in ref.state_dict().items()}
+    ours.load_state_dict(theirs, strict=True, assign=True)
     back.load_state_dict(ours.state_dict(), strict=True, assign=True)
-    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in back.state_dict().items())
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a, b = theirs(x), ours(x)
-    assert float((b - a).norm() / a.norm()) <= 1e-5
+    assert all(torch.equal(v, theirs[k]) for k, v in back.state_dict().items())
