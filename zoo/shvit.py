@@ -394,7 +394,7 @@ class SHViTConfig:
     attention: Tuple[bool, bool, bool] = (False, True, True)
 
 
-_SRC = "SHViT paper (arXiv:2401.16456, CVPR 2024) Table 2 / FAMILIES.md"
+_SRC = "SHViT paper (arXiv:2401.16456, CVPR 2024) Table 2"
 
 # attnzoo name: (config, published figures, timm name, tag). GFLOPs count multiply-adds; S1-S3 at
 # 224 px, S4 at 256 px (the resolution of the released weights and of the paper's rows).
