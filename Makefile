@@ -10,21 +10,35 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.attnzoo-installed
 MM_STAMP := $(VENV)/.attnzoo-mm-installed
+# timm's own tests/test_models.py, from the sdist of the pinned timm (tests/timm_suite runs it).
+TIMM_VERSION := $(shell sed -n 's/^timm==//p' .ci/constraints.txt)
+TIMM_SRC := $(VENV)/timm-src
+TIMM_TESTS := $(TIMM_SRC)/timm-$(TIMM_VERSION)/tests/test_models.py
 PIP_FLAGS ?= -qq --disable-pip-version-check --progress-bar off
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := bench
-.PHONY: bench test setup setup-mm
+.PHONY: bench test setup setup-mm setup-timm-tests
 
 bench: setup
 	$(VENV)/bin/attnzoo bench $(BENCH_ARGS)
 
-# ATTNZOO_REQUIRE_MM=1: with OpenMMLab installed by setup-mm, its tests must run, not skip.
-test: setup setup-mm
-	ATTNZOO_REQUIRE_MM=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+# ATTNZOO_REQUIRE_MM=1: with OpenMMLab installed by setup-mm, its tests must run, not skip;
+# ATTNZOO_REQUIRE_TIMM_TESTS=1: likewise timm's suite, unpacked by setup-timm-tests.
+test: setup setup-mm setup-timm-tests
+	ATTNZOO_REQUIRE_MM=1 ATTNZOO_REQUIRE_TIMM_TESTS=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 setup: $(STAMP)
+
+# The sdist of the pinned timm, unpacked into an ignored folder (the tests run offline from it).
+setup-timm-tests: $(TIMM_TESTS)
+
+$(TIMM_TESTS): $(STAMP)
+	rm -rf $(TIMM_SRC) && mkdir -p $(TIMM_SRC)
+	$(VENV_PYTHON) -m pip download $(PIP_FLAGS) --no-binary :all: --no-deps -d $(TIMM_SRC) timm==$(TIMM_VERSION)
+	tar -xzf $(TIMM_SRC)/timm-$(TIMM_VERSION).tar.gz -C $(TIMM_SRC)
+	@touch $@
 
 # MMDetection / MMSegmentation for the tests of attnzoo.mm and configs/: the [mm] extra, then mmcv
 # built from source once per machine (~25 min on 2 cores; the wheel is cached in

@@ -1,11 +1,15 @@
-"""``attnzoo bench``: parameters, GFLOPs and forward throughput of the registered models.
+"""``attnzoo bench``: parameters, GFLOPs and forward latency of the registered models.
 
 For each model (``--models`` fnmatch patterns over ``attnzoo._registry.list_models()``) it builds
 the model, measures its parameters and its GFLOPs at the published resolution (multiply-adds,
 attention counted by its math: ``attnzoo.tools.flops``), shows the published figures beside
-them, and times the forward pass (eval, no_grad, median of timed iterations after warmup) once
-per backend. The output is markdown: header, table and footnotes can be pasted into
-BENCHMARKS.md as they are.
+them, and times the forward pass (eval, no_grad) once per backend. Timing is adaptive
+(``time_until_settled``): after the warmup it runs until the median of the runs so far has moved
+by less than ``--settle`` over the last ``--min-runs`` runs, or ``--max-runs`` / the ``--budget``
+seconds end, and reports min / median / max with the number of runs. ``--vs-timm`` times each
+az_ model against its timm twin; ``--compile`` times eager against ``torch.compile`` (with the
+compile time) for each model and its timm twin. The output is markdown: header, table and
+footnotes can be pasted into BENCHMARKS.md as they are.
 """
 from __future__ import annotations
 
@@ -36,11 +40,13 @@ from attnzoo.tools.flops import gflops_macs
 
 __all__ = ["add_arguments", "run", "select_models", "set_backend"]
 
-# Per-device defaults: the CPU ones keep a run over every model to a few minutes on 2 cores.
+# Per-device defaults. Timing runs until the median settles (SETTLE over the last min_runs runs) or
+# the per-measurement budget (seconds) or max_runs ends.
 _DEFAULTS = {
-    "cpu": {"batch_size": 2, "warmup": 1, "iters": 2},
-    "cuda": {"batch_size": 64, "warmup": 5, "iters": 20},
+    "cpu": {"batch_size": 2, "warmup": 1, "min_runs": 5, "max_runs": 200, "budget": 10.0},
+    "cuda": {"batch_size": 64, "warmup": 5, "min_runs": 10, "max_runs": 1000, "budget": 5.0},
 }
+SETTLE = 0.02
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -60,8 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, metavar="N",
                         help="resolution of the speed runs (default: each model's published img_size; "
                              "GFLOPs are always measured at the published img_size)")
-    parser.add_argument("--iters", type=int, metavar="N", help="timed forwards per backend (default: 2 on cpu, 20 on cuda)")
     parser.add_argument("--warmup", type=int, metavar="N", help="untimed forwards first (default: 1 on cpu, 5 on cuda)")
+    parser.add_argument("--min-runs", type=int, metavar="N",
+                        help="timed forwards at least, and the window the median must settle over (default: 5 on cpu, "
+                             "10 on cuda)")
+    parser.add_argument("--max-runs", type=int, metavar="N", help="timed forwards at most (default: 200 on cpu, 1000 on cuda)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="time limit of one measurement (one model and backend; default: 10 on cpu, 5 on cuda)")
+    parser.add_argument("--settle", type=float, default=SETTLE, metavar="FRACTION",
+                        help=f"stop when the median moved by less than this fraction over the last --min-runs runs "
+                             f"(default: {SETTLE})")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=tuple(_DTYPES), default="float32", help="default: float32")
@@ -71,6 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vs-timm", action="store_true",
                         help="instead: forward latency of each az_ model over its timm twin (same batch, size, device; "
                              "reference backend; defaults batch 8, 224 px, cpu)")
+    parser.add_argument("--compile", action="store_true",
+                        help="instead: eager vs torch.compile latency and the compile time of each model, and of the "
+                             "timm twin of each az_ model compiled the same way (same device, batch, size)")
+    parser.add_argument("--compile-backend", default="inductor", metavar="NAME",
+                        help="torch.compile backend for --compile (default: inductor)")
+    parser.add_argument("--compile-mode", default=None, metavar="MODE",
+                        help="torch.compile mode for --compile (default: torch's default)")
+    parser.add_argument("--fullgraph", action="store_true", help="--compile with fullgraph=True (a graph break is an error)")
 
 
 def select_models(patterns: Optional[Sequence[str]]) -> List[str]:
@@ -136,19 +158,89 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(model: torch.nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
-    """``batch / median forward time`` of ``iters`` timed forwards after ``warmup`` untimed ones."""
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed run and why the runs stopped: 'settled' (the median moved by less than
+    the tolerance over the last ``min_runs`` runs), 'budget' (time ran out) or 'max-runs'."""
+
+    times: Tuple[float, ...]
+    stop: str
+
+    @property
+    def runs(self) -> int:
+        return len(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def max(self) -> float:
+        return max(self.times)
+
+    def cell(self, notes: Optional["_Footnotes"] = None) -> str:
+        """``median (min-max, runs)`` in ms; an unsettled run count carries a footnote saying why."""
+        mark = ""
+        if self.stop != "settled" and notes is not None:
+            mark = " " + notes.ref("the median had not settled when the " +
+                                   ("time budget ended (--budget)" if self.stop == "budget" else "run limit came (--max-runs)"))
+        return f"{self.median * 1e3:.2f} ({self.min * 1e3:.2f}-{self.max * 1e3:.2f}, {self.runs}{mark})"
+
+
+def time_until_settled(fns: Sequence, *, sync=lambda: None, min_runs: int = 5, max_runs: int = 200,
+                       budget: float = 10.0, settle: float = SETTLE, clock=time.perf_counter) -> List[Timing]:
+    """Times ``fns`` (called in turn, so drifts in machine load hit all of them alike) until each one's
+    median is settled, or ``max_runs`` rounds or ``budget`` seconds pass; one Timing per function.
+
+    A median is settled when the medians after each of the last ``min_runs`` runs lie within
+    ``settle`` times the current median. At least ``min_runs`` rounds run unless the budget ends
+    first; at least one always runs.
+    """
+    if min_runs < 1 or max_runs < min_runs or budget <= 0 or not 0 <= settle < 1:
+        raise ValueError(f"need 1 <= min_runs <= max_runs, budget > 0 and 0 <= settle < 1; got min_runs={min_runs}, "
+                         f"max_runs={max_runs}, budget={budget}, settle={settle}")
+    times: List[List[float]] = [[] for _ in fns]
+    medians: List[List[float]] = [[] for _ in fns]
+    start = clock()
+    while True:
+        for fn, ts, ms in zip(fns, times, medians):
+            t0 = clock()
+            fn()
+            sync()
+            ts.append(clock() - t0)
+            ms.append(statistics.median(ts))
+        n = len(times[0])
+        if n >= min_runs and all(max(ms[-min_runs:]) - min(ms[-min_runs:]) <= settle * ms[-1] for ms in medians):
+            stop = "settled"
+        elif n >= max_runs:
+            stop = "max-runs"
+        elif clock() - start >= budget:
+            stop = "budget"
+        else:
+            continue
+        return [Timing(tuple(ts), stop) for ts in times]
+
+
+def time_forward(models: Sequence[torch.nn.Module], x: torch.Tensor, args: argparse.Namespace) -> List[Timing]:
+    """Forward latency (eval, no_grad) of each model on ``x``, timed in turn after ``args.warmup``
+    untimed forwards each."""
     with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
+        for model in models:
+            for _ in range(args.warmup):
+                model(x)
         _sync(x.device)
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            model(x)
-            _sync(x.device)
-            times.append(time.perf_counter() - start)
-    return x.shape[0] / statistics.median(times)
+        return time_until_settled([lambda m=m: m(x) for m in models], sync=lambda: _sync(x.device),
+                                  min_runs=args.min_runs, max_runs=args.max_runs, budget=args.budget, settle=args.settle)
+
+
+def _timing_rule(args: argparse.Namespace) -> str:
+    return (f"after {args.warmup} warmup, timed runs until the median moved by < {args.settle:.0%} over the last "
+            f"{args.min_runs} runs (at most {args.max_runs} runs or {args.budget:g} s per measurement); cells: "
+            "median ms (min-max, runs)")
 
 
 @dataclass
@@ -194,10 +286,8 @@ def _header(args: argparse.Namespace, device: torch.device, argv: Sequence[str])
     ]
     if not args.no_speed:
         at = f"{args.img_size}px" if args.img_size else "each model's published img_size"
-        lines.append(
-            f"- images/s: batch {args.batch_size} at {at}, {args.dtype}, eval, no_grad; "
-            f"batch / median of {args.iters} timed forwards after {args.warmup} warmup"
-        )
+        lines.append(f"- latency: batch {args.batch_size} at {at}, {args.dtype}, eval, no_grad; {_timing_rule(args)}; "
+                     "images/s = batch / median")
     return lines
 
 
@@ -234,12 +324,13 @@ def _bench_model(name: str, args: argparse.Namespace, device: torch.device, refu
             reason = "the model has no attnzoo mixer whose backend could be set"
         if reason is None:
             try:
-                rate = images_per_second(model, x, args.warmup, args.iters)
-                row.append(f"{rate:.1f}" if rate >= 10 else f"{rate:.3g}")
+                (timing,) = time_forward([model], x, args)
+                rate = x.shape[0] / timing.median
+                row += [f"{rate:.1f}" if rate >= 10 else f"{rate:.3g}", timing.cell(notes)]
                 continue
             except BackendUnavailableError as e:
                 reason = str(e)
-        row.append(f"n/a {notes.ref(f'{backend}: {reason}')}")
+        row += [f"n/a {notes.ref(f'{backend}: {reason}')}", "—"]
     del model, x
     gc.collect()
     if device.type == "cuda":
@@ -255,11 +346,6 @@ def timm_twin(name: str) -> Optional[str]:
     if name.startswith(TWIN_PREFIX) and name[len(TWIN_PREFIX):] in _registry.timm_builtin_names():
         return name[len(TWIN_PREFIX):]
     return None
-
-
-def forward_seconds(model: torch.nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
-    """Median seconds of one forward (eval, no_grad) over ``iters`` timed runs after ``warmup``."""
-    return x.shape[0] / images_per_second(model, x, warmup, iters)
 
 
 def _build_at(name: str, size: int, device: torch.device) -> torch.nn.Module:
@@ -289,8 +375,7 @@ def _vs_timm(args: argparse.Namespace, device: torch.device, names: Sequence[str
         f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, timm {timm.__version__}, "
         f"python {platform.python_version()}",
         f"- latency: one forward of batch {args.batch_size} at {size}x{size}, {args.dtype}, eval, no_grad, attnzoo on "
-        f"the reference backend; median of {args.iters} timed forwards after {args.warmup} warmup, the two models "
-        "timed alternately on the same input",
+        f"the reference backend, the two models timed alternately on the same input; {_timing_rule(args)}",
     ]), end="\n\n", flush=True)
     notes = _Footnotes()
     rows = []
@@ -307,22 +392,96 @@ def _vs_timm(args: argparse.Namespace, device: torch.device, names: Sequence[str
                 torch.manual_seed(0)
                 x = torch.randn(args.batch_size, 3, at, at, device=device, dtype=dtype)
                 try:
-                    t_ours, t_timm = [], []
-                    for _ in range(args.iters):  # alternate so drifts in machine load hit both
-                        t_ours.append(forward_seconds(ours, x, args.warmup, 1))
-                        t_timm.append(forward_seconds(theirs, x, args.warmup, 1))
+                    t_ours, t_timm = time_forward([ours, theirs], x, args)  # alternately: load drifts hit both
                 except Exception as e:  # reported, not fatal
                     failures.append(f"{name} at {at}px: {type(e).__name__}: {e}".strip())
                     continue
-                a, b = statistics.median(t_ours), statistics.median(t_timm)
                 where = "" if at == size else f" {notes.ref(f'timm refuses {size}px for this model; timed at its native {at}px')}"
-                row = [name + where, twin, f"{a * 1e3:.1f}", f"{b * 1e3:.1f}", f"{a / b:.2f}x"]
+                row = [name + where, twin, t_ours.cell(notes), t_timm.cell(notes), f"{t_ours.median / t_timm.median:.2f}x"]
                 break
             rows.append(row or [name, twin, "—", "—", f"n/a {notes.ref('; '.join(failures))}"])
             del ours, theirs
             gc.collect()
     lines = _markdown_table(["model", "timm twin", "attnzoo (ms)", "timm (ms)", "attnzoo / timm"], rows,
                             [False, False, True, True, True])
+    if notes.notes:
+        lines += ["", *notes.lines()]
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
+def _eager_and_compiled(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace,
+                        notes: _Footnotes, label: str) -> List[str]:
+    """[eager cell, compiled cell, compile seconds]: eager and compiled forward latency of ``model``
+    (eval, no_grad) and the wall time of the first compiled forward (trace + compile + one run)."""
+    (eager,) = time_forward([model], x, args)
+    torch._dynamo.reset()  # a fresh compile per model: no cache hits, no recompile limit
+    compiled = torch.compile(model, backend=args.compile_backend, mode=args.compile_mode, fullgraph=args.fullgraph)
+    try:
+        with torch.no_grad():
+            start = time.perf_counter()
+            compiled(x)
+            _sync(x.device)
+            compile_s = time.perf_counter() - start
+        (timing,) = time_forward([compiled], x, args)
+    except Exception as e:  # reported in the table, not fatal
+        return [eager.cell(notes), f"n/a {notes.ref(f'{label}: torch.compile failed: {_first_line(e)}')}", "—"]
+    finally:
+        torch._dynamo.reset()
+    return [eager.cell(notes), timing.cell(notes), f"{compile_s:.1f}", f"{eager.median / timing.median:.2f}x"]
+
+
+def _compiled(args: argparse.Namespace, device: torch.device, names: Sequence[str], argv: Sequence[str]) -> int:
+    prog = "attnzoo bench --compile"
+    size_text = f"{args.img_size}px" if args.img_size else "each model's published img_size"
+    mode = args.compile_mode or "default"
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print("\n".join([
+        f"## attnzoo bench --compile, {now}",
+        "",
+        f"- command: `{shlex.join(['attnzoo', 'bench', *argv])}`",
+        f"- device: {_device_name(device)}",
+        f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, timm {timm.__version__}, "
+        f"triton {_version('triton')}, python {platform.python_version()}",
+        f"- compile: torch.compile(backend={args.compile_backend!r}, mode={mode!r}, fullgraph={args.fullgraph}); "
+        "compile (s) = wall time of the first compiled forward (trace, compile, one run); attnzoo on its default "
+        "backend dispatch; az_ models' timm twins compiled the same way",
+        f"- latency: batch {args.batch_size} at {size_text}, {args.dtype}, eval, no_grad; {_timing_rule(args)}",
+    ]), end="\n\n", flush=True)
+    notes = _Footnotes()
+    rows = []
+    dtype = _DTYPES[args.dtype]
+    with tqdm(names, desc=prog, unit="model", file=sys.stderr, dynamic_ncols=True) as bar:
+        for name in bar:
+            bar.set_postfix_str(name)
+            size = args.img_size or _registry.get_entry(name).published.img_size
+            torch.manual_seed(0)
+            x = torch.randn(args.batch_size, 3, size, size, device=device, dtype=dtype)
+            ours = _build_at(name, size, device).to(dtype)
+            row = [name, *_eager_and_compiled(ours, x, args, notes, name)]
+            row += ["—"] * (5 - len(row))
+            del ours
+            twin = timm_twin(name)
+            if twin is None:
+                row += ["—"] * 5
+            else:
+                theirs = _build_at(twin, size, device).to(dtype)
+                try:
+                    cells = _eager_and_compiled(theirs, x, args, notes, twin)
+                except Exception as e:  # timm may refuse the size (HaloNet: multiples of 8)
+                    cells = [f"n/a {notes.ref(f'{twin}: {_first_line(e)}')}", "—", "—", "—"]
+                row += [twin, *cells, *["—"] * (4 - len(cells))]
+                del theirs
+            rows.append(row)
+            gc.collect()
+    headers = ["model", "eager (ms)", "compiled (ms)", "compile (s)", "speed-up",
+               "timm twin", "timm eager (ms)", "timm compiled (ms)", "timm compile (s)", "timm speed-up"]
+    lines = _markdown_table(headers, rows, [False, True, True, True, True, False, True, True, True, True])
     if notes.notes:
         lines += ["", *notes.lines()]
     print("\n".join(lines), flush=True)
@@ -342,12 +501,22 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     for key, value in _DEFAULTS[device.type].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("batch_size", "iters"):
-        if getattr(args, key) < 1:
-            print(f"{prog}: error: --{key.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
-    if args.warmup < 0 or (args.img_size is not None and args.img_size < 1):
-        print(f"{prog}: error: --warmup must be >= 0 and --img-size >= 1", file=sys.stderr)
+    problems = [f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}" for k in ("batch_size", "min_runs")
+                if getattr(args, k) < 1]
+    if args.max_runs < args.min_runs:
+        problems.append(f"--max-runs must be >= --min-runs ({args.min_runs}), got {args.max_runs}")
+    if not args.budget > 0:
+        problems.append(f"--budget must be > 0 seconds, got {args.budget}")
+    if not 0 <= args.settle < 1:
+        problems.append(f"--settle must be in [0, 1), got {args.settle}")
+    if args.warmup < 0:
+        problems.append(f"--warmup must be >= 0, got {args.warmup}")
+    if args.img_size is not None and args.img_size < 1:
+        problems.append(f"--img-size must be >= 1, got {args.img_size}")
+    if args.vs_timm and args.compile:
+        problems.append("--vs-timm and --compile are separate runs; give one")
+    if problems:
+        print(f"{prog}: error: " + "; ".join(problems), file=sys.stderr)
         return 2
     try:
         names = select_models(args.models)
@@ -357,6 +526,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     if args.vs_timm:
         return _vs_timm(args, device, names, argv)
+    if args.compile:
+        return _compiled(args, device, names, argv)
     print("\n".join(_header(args, device, argv)), end="\n\n", flush=True)
     refusals = {b: _backend_refusal(b, device) for b in args.backends}
     notes = _Footnotes()
@@ -369,8 +540,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     headers = ["model", "family", "params (M)", "GFLOPs", "pub. params (M)", "pub. GFLOPs", "pub. top-1 (%)", "pub. source"]
     right = [False, False, True, True, True, True, True, False]
     if not args.no_speed:
-        headers += [f"img/s {b}" for b in args.backends]
-        right += [True] * len(args.backends)
+        headers += [h for b in args.backends for h in (f"img/s {b}", f"ms {b}")]
+        right += [True] * (2 * len(args.backends))
     lines = _markdown_table(headers, rows, right)
     if notes.notes:
         lines += ["", *notes.lines()]

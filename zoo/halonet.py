@@ -465,7 +465,9 @@ _CONFIGS: Dict[str, HaloNetConfig] = {
     ),
 }
 
-_SRC = "timm (FAMILIES.md)"
+# timm's ImageNet-1k results of these weights (pytorch-image-models, results/results-imagenet.csv: top-1 and
+# param_count at the weights' resolution); the HaloNet paper (arXiv:2103.12731) reports other variants.
+_SRC = "timm results-imagenet.csv (pytorch-image-models)"
 # attnzoo name: (timm name, timm pretrained tag, published figures)
 _VARIANTS: Dict[str, Tuple[str, str, Published]] = {
     "az_halonet26t": ("halonet26t", "a1h_in1k", Published(12.5, None, 79.13, 256, _SRC)),

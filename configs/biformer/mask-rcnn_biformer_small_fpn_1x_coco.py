@@ -23,6 +23,7 @@ model = dict(
         drop_path_rate=0.2,
         init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='biformer_small_in1k.pth')),
     neck=dict(in_channels=[64, 128, 256, 512]))
+# fp32 here, so the config runs anywhere (AmpOptimWrapper is CUDA-only); the authors' fp16 on GPUs:
+#   --cfg-options optim_wrapper.type=AmpOptimWrapper optim_wrapper.loss_scale=512.
 optim_wrapper = dict(
-    type='AmpOptimWrapper', loss_scale=512.,
     paramwise_cfg=dict(custom_keys=dict(_delete_=True, norm=dict(decay_mult=0.))))

@@ -12,4 +12,5 @@ model = dict(
         init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='hf-hub:shi-labs/nat-tiny-in1k-224')),
     decode_head=dict(in_channels=[64, 128, 256, 512]),
     auxiliary_head=dict(in_channels=256))
-optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
+# fp32 here, so the config runs anywhere (AmpOptimWrapper is CUDA-only); the authors' fp16 on GPUs:
+#   --cfg-options optim_wrapper.type=AmpOptimWrapper optim_wrapper.loss_scale=512.

@@ -96,8 +96,8 @@ def _table_rows(stdout: str) -> dict:
 
 def test_bench_one_model_prints_measured_and_published_figures():
     name = _small_model()
-    proc = _attnzoo("bench", "--models", name, "--img-size", "64", "--iters", "1", "--batch-size", "1",
-                    "--warmup", "0", "--device", "cpu")
+    proc = _attnzoo("bench", "--models", name, "--img-size", "64", "--min-runs", "1", "--max-runs", "1",
+                    "--batch-size", "1", "--warmup", "0", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert f"torch {torch.__version__}" in out and "timm " in out and "triton " in out
@@ -114,6 +114,10 @@ def test_bench_one_model_prints_measured_and_published_figures():
     assert float(row["pub. GFLOPs"]) == pytest.approx(pub.gflops)
     assert row["pub. source"] == pub.source
     assert float(row["img/s reference"]) > 0
+    # median (min-max, runs) in ms; one run: all three equal
+    med, lo, hi, runs = re.fullmatch(r"([\d.]+) \(([\d.]+)-([\d.]+), (\d+)\)", row["ms reference"]).groups()
+    assert med == lo == hi and runs == "1"
+    assert float(row["img/s reference"]) == pytest.approx(1e3 / float(med), rel=0.02)
     # No CUDA here: the triton column says why in a footnote.
     if not torch.cuda.is_available():
         ref = re.fullmatch(r"n/a \[(\d+)\]", row["img/s triton"])
@@ -218,12 +222,13 @@ def test_vs_timm_times_an_az_model_against_its_twin():
     twins = [n for n in _registry.list_models() if n.startswith("az_")]
     assert twins, "import attnzoo registered no az_ model"
     name = min(twins, key=lambda n: _registry.get_entry(n).published.params_m or 1e9)
-    proc = _attnzoo("bench", "--vs-timm", "--models", name, "--batch-size", "1", "--iters", "1", "--warmup", "0",
-                    "--img-size", "64")
+    proc = _attnzoo("bench", "--vs-timm", "--models", name, "--batch-size", "1", "--min-runs", "1", "--max-runs", "1",
+                    "--warmup", "0", "--img-size", "64")
     assert proc.returncode == 0, proc.stderr
     row = _table_rows(proc.stdout)[name]
     assert row["timm twin"] == name[3:]
-    assert float(row["attnzoo (ms)"]) > 0 and float(row["timm (ms)"]) > 0
+    assert float(row["attnzoo (ms)"].split()[0]) > 0 and float(row["timm (ms)"].split()[0]) > 0
+    assert row["attnzoo (ms)"].endswith(", 1)") and row["timm (ms)"].endswith(", 1)")
     assert row["attnzoo / timm"].endswith("x")
 
 

@@ -132,3 +132,10 @@ def test_list_models_family_is_case_insensitive():
 def test_unknown_family_raises_naming_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown attnzoo family 'swin'; registered families: NAT, DiNAT, .*TransNeXt"):
         attnzoo.list_models("swin")
+
+
+def test_published_figures_cite_a_source_the_reader_can_find():
+    for name in attnzoo.list_models():
+        source = _registry.get_entry(name).published.source
+        assert source.strip(), name
+        assert "FAMILIES.md" not in source, f"{name} cites {source!r}; cite the paper or upstream directly"
