@@ -17,8 +17,8 @@ What is verified:
   inode), so a warm load does not hash gigabytes again. The file is picked from the cfg
   (``hf_hub_filename``) or the repo's listing, never by trying a second name after a failure.
 * URLs (``url_file``): cached under a name derived from the whole URL, written through a temp
-  file and renamed; checked against a sha256 when the cfg gives one (``hf_hub_sha256`` /
-  ``sha256``).
+  file and renamed; checked against a sha256 when one is given, as pip's ``#sha256=<hex>`` URL
+  fragment (in a cfg's ``url``, an ``init_cfg`` checkpoint or ``attnzoo convert --checkpoint``).
 * Tensors (``check_state_dict``): floating tensors are finite; a parameter the model holds in a
   floating dtype must come as a floating tensor (int / bool / complex are refused); shapes must
   equal the model's. Every message names the model, the key and the file.
@@ -243,8 +243,13 @@ def _url_cache_path(url: str) -> Path:
 def url_file(url: str, sha256: Optional[str] = None, *, model: str = "checkpoint") -> str:
     """A local copy of ``url``, cached under a name derived from the whole URL, downloaded through a
     temp file renamed into place (``HF_HUB_DOWNLOAD_TIMEOUT`` per read), checked against ``sha256``
-    when given."""
+    or the URL's ``#sha256=<hex>`` fragment when given."""
     _, constants = _hub()
+    url, _, fragment = url.partition("#")
+    if fragment.startswith("sha256="):
+        if sha256 is not None and sha256 != fragment[7:]:
+            raise ValueError(f"sha256 {sha256!r} and the URL's #sha256= fragment disagree")
+        sha256 = fragment[7:]
     what = f"{model}: URL {url!r}"
     path = _url_cache_path(url)
     if sha256 is not None and not _SHA256.match(sha256):
@@ -382,8 +387,8 @@ def _fetch_for_cfg(name: str, cfg: Dict) -> Tuple[Optional[str], str]:
         path = hub_file(repo, filename, revision, model=name)
         return path, f"{path} (Hub repo {repo!r})"
     if cfg.get("url"):
-        path = url_file(cfg["url"], cfg.get("hf_hub_sha256") or cfg.get("sha256"), model=name)
-        return path, f"{path} (from {cfg['url']})"
+        path = url_file(cfg["url"], model=name)
+        return path, f"{path} (from {cfg['url'].partition('#')[0]})"
     raise PretrainedLoadError(f"{name}: its pretrained cfg names no weights (no file, hf_hub_id or url); use pretrained=False or {_hint(name)}")
 
 

@@ -192,6 +192,19 @@ def test_url_hash_mismatch_caches_nothing(hub):
     assert azhub.url_file(url, sha256=hashlib.sha256(b"A" * 100).hexdigest()) == str(azhub._url_cache_path(url))
 
 
+def test_url_in_a_cfg_is_checked_against_its_sha256_fragment(hub, weights):
+    import hashlib
+
+    hub.add("org/w", FILE, weights[1])
+    url = f"{hub.endpoint}/org/w/resolve/main/{FILE}"
+    bad = f"{url}#sha256={hashlib.sha256(b'other').hexdigest()}"
+    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: URL '{url}': sha256 mismatch"):
+        timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=None, url=bad))
+    good = f"{url}#sha256={hashlib.sha256(weights[1]).hexdigest()}"
+    model = timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=None, url=good))
+    _assert_weights(model, weights[0])
+
+
 def test_url_http_error_names_the_status(hub):
     url = f"{hub.endpoint}/org/none/resolve/main/{FILE}"
     with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: URL '{url}': download failed \(HTTP 404"):
