@@ -3,8 +3,8 @@ do), so ``features_only=True, feature_cls='fx'`` works and gives the default wra
 
 Shape-dependent code (input checks, pad-to-fit and crop-back) lives in modules and functions
 registered with timm's ``register_notrace_module`` / ``register_notrace_function``; they appear as
-single nodes of the graph. timm's own ``test_model_forward_fx`` / ``test_model_backward_fx`` run
-on the same models in tests/timm_suite.
+single nodes of the graph. One model per family here, in CI; timm's own ``test_model_forward_fx``
+/ ``test_model_backward_fx`` run in the extended tier of tests/timm_suite.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 
 import attnzoo  # noqa: F401  (registers the models)
 
-from .test_registry import SMALLEST
+from .test_registry import ONE_PER_FAMILY
 
 fx_extraction = pytest.importorskip("torchvision.models.feature_extraction")
 
@@ -24,7 +24,7 @@ def _tracer_kwargs() -> dict:
     return dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
 
 
-@pytest.mark.parametrize("name", SMALLEST)
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
 def test_fx_features_equal_the_default_wrapper_and_train(name):
     torch.manual_seed(0)
     default = timm.create_model(name, features_only=True).eval()
