@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import tempfile
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Tuple
