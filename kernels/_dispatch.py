@@ -5,7 +5,9 @@ An op has a reference implementation (pure PyTorch, runs anywhere) and optionall
 it can run the given inputs and otherwise a sentence saying why not.
 
 * ``backend=None``: the first registered non-reference backend whose check passes, else the
-  reference; the reason each backend was skipped is logged at debug level.
+  reference; the reason each backend was skipped is logged at debug level (in eager mode only:
+  inside a ``torch.compile`` / ``torch.export`` trace nothing logs, the choice is made from the
+  static shapes, dtypes and devices the trace sees and baked into the graph).
 * ``backend='<name>'``: that backend or a ``BackendUnavailableError`` with its reason. An
   explicitly named backend never falls back.
 * ``ATTNZOO_BACKEND=reference|triton`` sets the process-wide default used when an op is called
@@ -18,6 +20,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
+
+import torch
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "Op", "default_backend"]
 
@@ -108,6 +112,6 @@ class Op:
             reason = entry.check(*args, **kwargs)
             if reason is None:
                 return entry.impl()
-            if _logger.isEnabledFor(logging.DEBUG):
+            if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
                 _logger.debug("%s: not using %s backend: %s", self.name, entry.name, reason)
         return self.reference

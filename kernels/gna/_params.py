@@ -1,6 +1,7 @@
 """Argument normalisation and input checks for gna, shared by every backend."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
@@ -33,9 +34,11 @@ def _per_axis(name: str, value: Any, rank: int, minimum: int) -> Tuple[int, ...]
     if len(values) != rank:
         raise ValueError(f"{name} must have one entry per spatial axis ({rank}), got {value!r}")
     for x in values:
-        if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
+        if isinstance(x, bool) or not isinstance(x, (int, torch.SymInt)) or x < minimum:
             raise ValueError(f"{name} entries must be ints >= {minimum}, got {value!r}")
-    return values
+    # a size derived from a dynamic input size (MaxViT's grid dilation H / G) is specialised, as
+    # the spatial sizes are (check_gna_inputs)
+    return tuple(operator.index(x) for x in values)
 
 
 def _causal_per_axis(value: Any, rank: int) -> Tuple[bool, ...]:
@@ -80,11 +83,14 @@ def check_gna_inputs(
             f"in all but the last axis, got {tuple(v.shape)}"
         )
     check_like("q", q, k=k, v=v)
-    if q.shape[-1] < 1 or v.shape[-1] < 1 or q.shape[0] < 1 or q.shape[-2] < 1:
-        raise ValueError(f"batch, heads and head dims must be >= 1, got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    if q.shape[-1] < 1 or v.shape[-1] < 1 or q.shape[-2] < 1:
+        raise ValueError(f"heads and head dims must be >= 1 (batch >= 0), got q {tuple(q.shape)}, v {tuple(v.shape)}")
 
     rank = q.dim() - 3
-    spatial = tuple(int(x) for x in q.shape[1 : 1 + rank])
+    # operator.index: under torch.compile a spatial size marked dynamic is specialised here (the
+    # attention pattern's index plan depends on it), so a new resolution compiles once more;
+    # the batch size stays dynamic.
+    spatial = tuple(operator.index(x) for x in q.shape[1 : 1 + rank])
     kernel_size = _per_axis("kernel_size", kernel_size, rank, 1)
     stride = _per_axis("stride", stride, rank, 1)
     dilation = _per_axis("dilation", dilation, rank, 1)

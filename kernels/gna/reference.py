@@ -38,6 +38,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from ._params import GNAParams, check_gna_inputs
 
@@ -60,66 +61,115 @@ def window_bounds(j: torch.Tensor, group_len: torch.Tensor, kernel: int, stride:
     return start, start + kernel
 
 
-@dataclass(frozen=True)
-class _AxisPlan:
-    """Tiling of one spatial axis. ``n`` = dilation groups x query tiles along the axis."""
+def _window_py(j: int, group_len: int, kernel: int, stride: int, causal: bool) -> Tuple[int, int]:
+    """``window_bounds`` for one query, in plain Python (used for the shape-level plan)."""
+    if causal:
+        leader = min((j // stride) * stride + stride - 1, group_len - 1)
+        return max(leader - kernel + 1, 0), j + 1
+    left = kernel // 2
+    leader = min((j // stride) * stride + stride // 2, group_len - 1)
+    start = min(max(leader, left), group_len - 1 - (kernel - 1 - left)) - left
+    return start, start + kernel
 
+
+@dataclass(frozen=True)
+class _AxisShape:
+    """Tiling of one spatial axis, decided from its sizes alone (plain Python ints and bools).
+
+    ``torch.compile`` / ``torch.export`` evaluate it at trace time (it reads no tensor), so the
+    branches it drives are static in the graph."""
+
+    length: int
+    kernel: int
+    stride: int
+    dilation: int
+    causal: bool
     tile: int  # T: queries per tile
+    n_tiles: int  # tiles per dilation group
     halo: int  # W: keys per tile
-    q_index: torch.Tensor  # [n, T] input position of each tile query (clamped past the end)
-    q_inverse: torch.Tensor  # [L] position -> flat index into (n, T)
-    k_index: torch.Tensor  # [n, W] input position of each halo key (clamped past the end)
-    mask: torch.Tensor  # [n, T, W] key inside the query's window
-    rel: torch.Tensor  # [n, T, W] rpb index (key - query + k - 1), clamped where masked
     pairs: int  # sum over queries of the keys in their window along this axis
+    full: bool  # every tile query sees every halo key (no mask along this axis)
+    uniform: bool  # every tile has the same mask and relative offsets along this axis
     # Blocked and divisible (L == d * n_tiles * T, every tile's keys are its own queries): the
     # tiling is a reshape of the axis into (n_tiles, T, d), so no gather is needed.
     reshape_only: bool
+    n: int  # dilation groups x query tiles along the axis
+
+
+def _axis_shape(length: int, kernel: int, stride: int, dilation: int, causal: bool) -> _AxisShape:
+    d = dilation
+    tile = stride * math.ceil(kernel / stride)  # whole stride groups: queries sharing a window stay together
+    n_tiles = math.ceil(math.ceil(length / d) / tile)  # group 0 is the longest
+    windows = []  # per tile: (key start, [(start, end, query) relative to the key start, ...])
+    halo = 0
+    pairs = 0
+    for g in range(d):
+        glen = (length - g + d - 1) // d
+        for t in range(n_tiles):
+            rows = []
+            for j in range(t * tile, t * tile + tile):
+                jc = min(j, glen - 1)  # queries past the group's end repeat its last query
+                start, end = _window_py(jc, glen, kernel, stride, causal)
+                rows.append((start, end, jc))
+                if j < glen:
+                    pairs += end - start
+            halo = max(halo, max(e for _, e, _ in rows) - min(s for s, _, _ in rows))
+            windows.append((g, glen, rows))
+    full = True
+    uniform = True
+    reshape_only = length == d * n_tiles * tile and halo == tile
+    first = None
+    for g, glen, rows in windows:
+        key_start = max(min(min(s for s, _, _ in rows), glen - halo), 0)
+        rel_rows = tuple((s - key_start, e - key_start, j - key_start) for s, e, j in rows)
+        full = full and all(s <= 0 and e >= halo for s, e, _ in rel_rows)
+        first = rel_rows if first is None else first
+        uniform = uniform and rel_rows == first
+        reshape_only = reshape_only and all(j == i for i, (_, _, j) in enumerate(rel_rows))
+    return _AxisShape(length, kernel, stride, dilation, causal, tile, n_tiles, halo, pairs, full, uniform, reshape_only, d * n_tiles)
 
 
 @functools.lru_cache(maxsize=512)
-def _axis_plan(length: int, kernel: int, stride: int, dilation: int, causal: bool) -> _AxisPlan:
-    d = dilation
-    groups = torch.arange(d)
-    group_len = (length - groups + d - 1) // d  # [d]
-    longest = int(group_len.max())
-    # A tile holds whole stride groups so that the queries sharing a window stay together.
-    tile = stride * math.ceil(kernel / stride)
-    n_tiles = math.ceil(longest / tile)
-    j = torch.arange(n_tiles * tile).view(1, n_tiles, tile)  # group coordinate of each tile query
-    glen = group_len.view(d, 1, 1)
-    jc = torch.minimum(j, glen - 1)  # queries past the group's end repeat its last query
-    start, end = window_bounds(jc, glen, kernel, stride, causal)  # [d, n_tiles, T]
-    tile_start = start.amin(-1)
-    halo = int((end.amax(-1) - tile_start).max())
-    key_start = torch.minimum(tile_start, glen.view(d, 1) - halo).clamp_min(0)  # [d, n_tiles]
-    key = key_start.unsqueeze(-1) + torch.arange(halo)  # [d, n_tiles, W]
-    mask = (key.unsqueeze(-2) >= start.unsqueeze(-1)) & (key.unsqueeze(-2) < end.unsqueeze(-1))
-    rel = (key.unsqueeze(-2) - jc.unsqueeze(-1) + kernel - 1).clamp(0, 2 * kernel - 2)
-    q_pos = groups.view(d, 1, 1) + d * jc
-    k_pos = (groups.view(d, 1, 1) + d * key).clamp_max(length - 1)
-    p = torch.arange(length)
-    q_inverse = ((p % d) * n_tiles + (p // d) // tile) * tile + (p // d) % tile
-    valid = j < glen
-    pairs = int(((end - start) * valid).sum())
-    n = d * n_tiles
-    reshape_only = length == d * n_tiles * tile and halo == tile and bool((k_pos == q_pos).all())
-    return _AxisPlan(
-        tile, halo, q_pos.reshape(n, tile), q_inverse, k_pos.reshape(n, halo),
-        mask.reshape(n, tile, halo), rel.reshape(n, tile, halo), pairs, reshape_only,
-    )
+def _cached_axis_shapes(spatial: tuple, kernel_size: tuple, stride: tuple, dilation: tuple, is_causal: tuple) -> Tuple[_AxisShape, ...]:
+    return tuple(_axis_shape(*args) for args in zip(spatial, kernel_size, stride, dilation, is_causal))
 
 
-def _plans(params: GNAParams) -> List[_AxisPlan]:
-    return [
-        _axis_plan(*args)
-        for args in zip(params.spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
-    ]
+@torch._dynamo.assume_constant_result  # plain Python over sizes: a constant of the traced graph
+def _axis_shapes_of(spatial: tuple, kernel_size: tuple, stride: tuple, dilation: tuple, is_causal: tuple) -> Tuple[_AxisShape, ...]:
+    return _cached_axis_shapes(spatial, kernel_size, stride, dilation, is_causal)
+
+
+def _axis_shapes(params: GNAParams) -> Tuple[_AxisShape, ...]:
+    """Per-axis plans, cached; under ``torch.compile`` / ``torch.export`` evaluated once at trace
+    time and baked in as constants (the spatial sizes are static: ``check_gna_inputs``)."""
+    return _axis_shapes_of(params.spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
 
 
 def attended_pairs(params: GNAParams) -> int:
     """Number of (query, key) pairs the pattern contains, per batch element and head."""
-    return math.prod(plan.pairs for plan in _plans(params))
+    return math.prod(a.pairs for a in _axis_shapes(params))
+
+
+def _axis_tensors(a: _AxisShape, device: torch.device):
+    """Index tensors of one axis (torch ops on ``arange``, no value read back into Python):
+    query / key input positions ``[n, T]`` / ``[n, W]``, the inverse query map ``[L]``, the
+    in-window mask and the rpb offsets ``[n, T, W]``."""
+    d, kernel, tile, n_tiles, halo = a.dilation, a.kernel, a.tile, a.n_tiles, a.halo
+    groups = torch.arange(d, device=device)
+    glen = ((a.length - groups + d - 1) // d).view(d, 1, 1)
+    j = torch.arange(n_tiles * tile, device=device).view(1, n_tiles, tile)
+    jc = torch.minimum(j, glen - 1)
+    start, end = window_bounds(jc, glen, kernel, a.stride, a.causal)  # [d, n_tiles, T]
+    key_start = torch.minimum(start.amin(-1), glen.view(d, 1) - halo).clamp_min(0)  # [d, n_tiles]
+    key = key_start.unsqueeze(-1) + torch.arange(halo, device=device)  # [d, n_tiles, W]
+    mask = (key.unsqueeze(-2) >= start.unsqueeze(-1)) & (key.unsqueeze(-2) < end.unsqueeze(-1))
+    rel = (key.unsqueeze(-2) - jc.unsqueeze(-1) + kernel - 1).clamp(0, 2 * kernel - 2)
+    q_pos = groups.view(d, 1, 1) + d * jc
+    k_pos = (groups.view(d, 1, 1) + d * key).clamp_max(a.length - 1)
+    p = torch.arange(a.length, device=device)
+    q_inverse = ((p % d) * n_tiles + (p // d) // tile) * tile + (p // d) % tile
+    n = d * n_tiles
+    return q_pos.reshape(n, tile), q_inverse, k_pos.reshape(n, halo), mask.reshape(n, tile, halo), rel.reshape(n, tile, halo)
 
 
 @dataclass(frozen=True)
@@ -136,38 +186,57 @@ class _Layout:
     dilation: Optional[Tuple[int, ...]]  # set when every axis is reshape_only: tile by view + permute
 
 
-@torch.compiler.disable  # index bookkeeping, cached per pattern: keep it out of compiled graphs
-@functools.lru_cache(maxsize=128)
-def _layout(params: GNAParams, device: torch.device) -> _Layout:
-    plans = _plans(params)
-    r = len(plans)
+def _build_layout(params: GNAParams, device: torch.device) -> _Layout:
+    shapes = _axis_shapes(params)
+    tensors = [_axis_tensors(a, device) for a in shapes]
+    r = len(shapes)
+    uniform = all(a.uniform for a in shapes)  # blocked, divisible: one bias for every tile
     mask = None
     rel = None
     table = [2 * ks - 1 for ks in params.kernel_size]
-    for a, plan in enumerate(plans):
+    for a, (axis, (_, _, _, m, rl)) in enumerate(zip(shapes, tensors)):
+        if uniform:
+            m, rl = m[:1], rl[:1]
         # place (n_a, T_a, W_a) at dims (a, r + a, 2r + a) of a 3r-dim broadcast
         shape = [1] * (3 * r)
-        shape[a], shape[r + a], shape[2 * r + a] = plan.mask.shape
-        m = plan.mask.view(shape)
+        shape[a], shape[r + a], shape[2 * r + a] = m.shape
+        m = m.view(shape)
         mask = m if mask is None else mask & m
-        term = plan.rel.view(shape) * math.prod(table[a + 1 :])
+        term = rl.view(shape) * math.prod(table[a + 1 :])
         rel = term if rel is None else rel + term
-    grid = [p.mask.shape[0] for p in plans] + [p.tile for p in plans] + [p.halo for p in plans]
+    grid = [1 if uniform else a.n for a in shapes] + [a.tile for a in shapes] + [a.halo for a in shapes]
     n, tq, wk = math.prod(grid[:r]), math.prod(grid[r : 2 * r]), math.prod(grid[2 * r :])
-    mask = mask.expand(grid).reshape(n, tq, wk)
-    rel = rel.expand(grid).reshape(n, tq, wk)
-    if bool((rel == rel[:1]).all()) and bool((mask == mask[:1]).all()):
-        rel, mask = rel[:1], mask[:1]  # every tile sees the same offsets (blocked, divisible): one bias for all
     return _Layout(
-        q_index=[p.q_index.reshape(-1).to(device) for p in plans],
-        q_inverse=[p.q_inverse.to(device) for p in plans],
-        k_index=[p.k_index.reshape(-1).to(device) for p in plans],
-        q_tiles=[(p.q_index.shape[0], p.tile) for p in plans],
-        k_tiles=[(p.k_index.shape[0], p.halo) for p in plans],
-        mask=None if bool(mask.all()) else mask.to(device),
-        rel=rel.to(device),
-        dilation=params.dilation if all(p.reshape_only for p in plans) else None,
+        q_index=[t[0].reshape(-1) for t in tensors],
+        q_inverse=[t[1] for t in tensors],
+        k_index=[t[2].reshape(-1) for t in tensors],
+        q_tiles=[(a.n, a.tile) for a in shapes],
+        k_tiles=[(a.n, a.halo) for a in shapes],
+        mask=None if all(a.full for a in shapes) else mask.expand(grid).reshape(n, tq, wk),
+        rel=rel.expand(grid).reshape(n, tq, wk),
+        dilation=params.dilation if all(a.reshape_only for a in shapes) else None,
     )
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_layout(params: GNAParams, device: torch.device) -> _Layout:
+    # real tensors even when first asked for inside a trace (non-strict torch.export runs this
+    # under a fake-tensor mode): the cache outlives the trace, and a trace keeps them as constants
+    with unset_fake_temporarily():
+        return _build_layout(params, device)
+
+
+@torch._dynamo.assume_constant_result
+def _layout_of(spatial: tuple, kernel_size: tuple, stride: tuple, dilation: tuple, is_causal: tuple,
+               device: torch.device) -> _Layout:
+    return _cached_layout(GNAParams(spatial, kernel_size, stride, dilation, is_causal), device)
+
+
+def _layout(params: GNAParams, device: torch.device) -> _Layout:
+    """The pattern's index tensors, cached per (pattern, device). ``torch.compile`` and
+    ``torch.export`` call this once at trace time and keep its tensors as constants of the graph
+    (nothing of it is traced, nothing is read back at run time)."""
+    return _layout_of(params.spatial, params.kernel_size, params.stride, params.dilation, params.is_causal, device)
 
 
 def _to_tiles_by_reshape(x: torch.Tensor, sizes: List[Tuple[int, int]], dilation: Tuple[int, ...]) -> torch.Tensor:
@@ -175,19 +244,22 @@ def _to_tiles_by_reshape(x: torch.Tensor, sizes: List[Tuple[int, int]], dilation
     r = len(sizes)
     b, h, dim = x.shape[0], x.shape[-2], x.shape[-1]
     shape = [b]
-    for (n, t), d in zip(sizes, dilation):
-        shape += [n // d, t, d]
+    for a in range(r):
+        shape = shape + [sizes[a][0] // dilation[a], sizes[a][1], dilation[a]]
     x = x.view(shape + [h, dim])
     # axis a sits at dims (1 + 3a: tiles, 2 + 3a: T, 3 + 3a: d); tile index n = g * n_tiles + tile
     perm = [0] + [i for a in range(r) for i in (3 + 3 * a, 1 + 3 * a)] + [1 + 3 * r] + [2 + 3 * a for a in range(r)] + [2 + 3 * r]
-    return x.permute(perm).reshape(b, math.prod(n for n, _ in sizes), h, math.prod(t for _, t in sizes), dim)
+    return x.permute(perm).reshape(b, math.prod([n for n, _ in sizes]), h, math.prod([t for _, t in sizes]), dim)
 
 
 def _from_tiles_by_reshape(out: torch.Tensor, sizes: List[Tuple[int, int]], dilation: Tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``_to_tiles_by_reshape``: [B, N, H, Tq, Dv] -> [B, *spatial, H, Dv]."""
     r = len(sizes)
     b, h, dv = out.shape[0], out.shape[2], out.shape[-1]
-    out = out.view([b] + [s for (n, _), d in zip(sizes, dilation) for s in (d, n // d)] + [h] + [t for _, t in sizes] + [dv])
+    grouped = []
+    for a in range(r):
+        grouped = grouped + [dilation[a], sizes[a][0] // dilation[a]]
+    out = out.view([b] + grouped + [h] + [t for _, t in sizes] + [dv])
     # [B, (d_a, tiles_a)..., H, T_a..., Dv] -> [B, (tiles_a, T_a, d_a)..., H, Dv]
     perm = [0] + [i for a in range(r) for i in (2 + 2 * a, 2 + 2 * r + a, 1 + 2 * a)] + [1 + 2 * r, 2 + 3 * r]
     return out.permute(perm).reshape([b] + [n * t for n, t in sizes] + [h, dv])
@@ -203,7 +275,7 @@ def _to_tiles(x: torch.Tensor, index: List[torch.Tensor], sizes: List[Tuple[int,
     # [B, n1, t1, ..., nr, tr, H, D] -> [B, n1..nr, H, t1..tr, D]
     perm = [0] + [1 + 2 * a for a in range(r)] + [1 + 2 * r] + [2 + 2 * a for a in range(r)] + [2 + 2 * r]
     x = x.permute(perm)
-    return x.reshape(b, math.prod(n for n, _ in sizes), h, math.prod(t for _, t in sizes), dim)
+    return x.reshape(b, math.prod([n for n, _ in sizes]), h, math.prod([t for _, t in sizes]), dim)
 
 
 def gna_reference(
@@ -236,20 +308,43 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
     bias = None  # [N, H, Tq, Wk] additive logits, shared by the batch
     if rpb is not None:
         bias = rpb.to(compute).reshape(rpb.shape[0], -1)[:, lay.rel].transpose(0, 1)
+    poisoned = None  # [B, N, H, Tq, 1]: queries whose window holds a non-finite key or value
     if lay.mask is not None:
         outside = torch.zeros(lay.mask.shape, dtype=compute, device=q.device)
         outside = outside.masked_fill_(~lay.mask, float("-inf")).unsqueeze(1)
         bias = outside if bias is None else bias + outside
+        # A tile attends to keys outside some of its queries' windows under a -inf mask; a NaN or
+        # Inf there would still reach those queries (NaN + -inf = NaN, 0 * Inf = NaN). Zero the
+        # non-finite keys / values and mark exactly the queries whose window holds one.
+        k_bad = ~torch.isfinite(kt).all(-1, keepdim=True)  # [B, N, H, Wk, 1]
+        v_bad = ~torch.isfinite(vt).all(-1, keepdim=True)
+        kt = kt.masked_fill(k_bad, 0.0)
+        vt = vt.masked_fill(v_bad, 0.0)
+        in_window = lay.mask.to(compute).unsqueeze(1)  # [N or 1, 1, Tq, Wk]
+        poisoned = (in_window @ (k_bad | v_bad).to(compute)) > 0
     if bias is None or bias.shape[0] == 1:
         # 4-D inputs: torch's fused CPU / GPU SDPA kernels take those (5-D falls back to the math path)
         b, n = qt.shape[:2]
         out = F.scaled_dot_product_attention(qt.flatten(0, 1), kt.flatten(0, 1), vt.flatten(0, 1), attn_mask=bias, scale=scale)
         out = out.view(b, n, *out.shape[1:])  # [B, N, H, Tq, Dv]
     else:
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)  # [B, N, H, Tq, Dv]
+        # a bias per tile: tiles and heads share one axis, the bias broadcasts over the batch
+        # (4-D as well: the fused kernels and ONNX's attention take only 4-D inputs)
+        b, n, h = qt.shape[:3]
+        out = F.scaled_dot_product_attention(
+            qt.flatten(1, 2), kt.flatten(1, 2), vt.flatten(1, 2), attn_mask=bias.expand(n, h, -1, -1).flatten(0, 1), scale=scale,
+        ).view(b, n, h, qt.shape[3], vt.shape[-1])  # [B, N, H, Tq, Dv]
+    if torch.compiler.is_exporting():
+        # torch.export records the views below for the output layout of SDPA it traced; ONNX
+        # export later swaps SDPA for a kernel with another layout and re-checks those views.
+        # A real copy to the contiguous layout keeps them valid for every SDPA implementation.
+        out = out.clone(memory_format=torch.contiguous_format)
+    if poisoned is not None:
+        out = out.masked_fill(poisoned, float("nan"))
 
     if lay.dilation is not None:
-        return _from_tiles_by_reshape(out, lay.q_tiles, lay.dilation).to(q.dtype)
+        out = _from_tiles_by_reshape(out, lay.q_tiles, lay.dilation)
+        return out if out.dtype == q.dtype else out.to(q.dtype)
     b, h, dv = out.shape[0], out.shape[2], out.shape[-1]
     out = out.view([b] + [n for n, _ in lay.q_tiles] + [h] + [t for _, t in lay.q_tiles] + [dv])
     # [B, n1..nr, H, t1..tr, Dv] -> [B, n1, t1, ..., nr, tr, H, Dv]
@@ -260,4 +355,4 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
     out = out.permute(perm).reshape([b] + [n * t for n, t in lay.q_tiles] + [h, dv])
     for a, inv in enumerate(lay.q_inverse):
         out = out.index_select(1 + a, inv)
-    return out.to(q.dtype)
+    return out if out.dtype == q.dtype else out.to(q.dtype)

@@ -522,30 +522,33 @@ class _Launch:
 _KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_dkdv_kernel}
 
 
-class _GNAFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, rpb, params: GNAParams, scale: float):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        rpb_c = rpb.contiguous() if rpb is not None else None
-        run = _Launch(q, v, params, rpb is not None, scale)
-        out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # [B, *spatial, H], base 2
+def gna_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
+                params: GNAParams, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: ``(out [B, *spatial, H, Dv], lse [B, *spatial, H] fp32, base 2)``."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    rpb_c = rpb.contiguous() if rpb is not None else None
+    run = _Launch(q, v, params, rpb is not None, scale)
+    out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    if out.numel():
         run.launch("fwd", q, k, v, rpb_c if rpb_c is not None else q, out, lse, run.qk_scale)
-        ctx.save_for_backward(q, k, v, rpb_c, out, lse)
-        ctx.run = run
-        return out
+    return out, lse
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, rpb, out, lse = ctx.saved_tensors
-        run: _Launch = ctx.run
-        grad_out = grad_out.contiguous()
-        delta = (grad_out.float() * out.float()).sum(-1)  # [B, *spatial, H]
-        rpb_grad = rpb is not None and ctx.needs_input_grad[3]
-        dq = torch.empty_like(q)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        drpb = torch.zeros(rpb.shape, dtype=torch.float32, device=q.device) if rpb_grad else None
+
+def gna_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 rpb: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor, params: GNAParams,
+                 scale: float, rpb_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The two backward kernels: ``(dq, dk, dv, drpb)``; drpb is None unless ``rpb_grad``."""
+    q, k, v, out, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), grad_out.contiguous()
+    rpb = rpb.contiguous() if rpb is not None else None
+    rpb_grad = rpb_grad and rpb is not None
+    run = _Launch(q, v, params, rpb is not None, scale)
+    delta = (grad_out.float() * out.float()).sum(-1)  # [B, *spatial, H]
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    drpb = torch.zeros(rpb.shape, dtype=torch.float32, device=q.device) if rpb_grad else None
+    if q.numel():
         rpb_arg = rpb if rpb is not None else q
         # without an rpb gradient DRPB is never written; a 1-element stand-in (not q: autotuning
         # zeroes DRPB before each timed run)
@@ -554,11 +557,16 @@ class _GNAFunction(torch.autograd.Function):
                    run.qk_scale, run.scale, RPB_GRAD=rpb_grad)
         run.launch("dkdv", q, k, v, rpb_arg, grad_out, lse, delta, dk, dv,
                    run.qk_scale, run.scale, search_steps=run.search_steps)
-        return dq, dk, dv, (drpb.to(rpb.dtype) if rpb_grad else None), None, None
+    return dq, dk, dv, (drpb.to(rpb.dtype) if rpb_grad else None)
 
 
 def gna_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GNAParams,
                rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     """gna on the fused Triton kernels; inputs already validated (``check_gna_inputs``) and
-    accepted by ``can_run_triton``. Returns ``[B, *spatial, heads, v_dim]`` in the dtype of q."""
-    return _GNAFunction.apply(q, k, v, rpb, params, scale)
+    accepted by ``can_run_triton``. Returns ``[B, *spatial, heads, v_dim]`` in the dtype of q.
+
+    Runs as the custom op ``torch.ops.attnzoo.gna_fwd`` (its backward ``attnzoo.gna_bwd``), so
+    ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
+    from ._library import gna_fused
+
+    return gna_fused(q, k, v, rpb, params, scale)

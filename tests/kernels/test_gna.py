@@ -22,7 +22,7 @@ from attnzoo.kernels import count_op_flops, gna
 from attnzoo.kernels.gna import GNAParams, gna_flops
 from attnzoo.kernels.gna.reference import attended_pairs
 
-from .gna_oracle import attended_pair_count, gna_oracle
+from .gna_oracle import attended_pair_count, gna_oracle, neighborhood
 
 # (output, gradients) relative-error bounds. The reference computes in float32 whatever the input
 # dtype, so float64 inputs get float32 accuracy: ~1e-7 on outputs, while the softmax backward
@@ -273,8 +273,7 @@ BAD_CALLS = {
     "v-dtype": ("v", lambda q, k, v: gna(q, k, v.half(), 3)),
     "k-device": ("k", lambda q, k, v: gna(q, k.to("meta"), v, 3)),
     "v-device": ("v", lambda q, k, v: gna(q, k, v.to("meta"), 3)),
-    "empty-head-dim": ("batch, heads and head dims", lambda q, k, v: gna(q[..., :0], k[..., :0], v, 3)),
-    "empty-batch": ("batch, heads and head dims", lambda q, k, v: gna(q[:0], k[:0], v[:0], 3)),
+    "empty-head-dim": ("heads and head dims", lambda q, k, v: gna(q[..., :0], k[..., :0], v, 3)),
     "kernel-too-large": (r"kernel_size \* dilation", lambda q, k, v: gna(q, k, v, (3, 8))),
     "dilation-too-large": (r"kernel_size \* dilation", lambda q, k, v: gna(q, k, v, 3, dilation=(3, 2))),
     "stride-above-kernel": ("stride", lambda q, k, v: gna(q, k, v, 3, stride=(1, 4))),
@@ -431,3 +430,52 @@ def test_blocked_divisible_patterns_take_the_reshape_path_and_match_the_oracle(s
     want_grads = torch.autograd.grad(want.square().sum(), inputs)
     for a, b in zip(grads, want_grads):
         assert rel_error(a, b) < 1e-12
+
+
+NON_FINITE_PATTERNS = {
+    "na-3": dict(kernel_size=3),
+    "dilated-3-d2": dict(kernel_size=3, dilation=2),
+    "mixed-causal-stride": dict(kernel_size=(3, 5), stride=(1, 2), is_causal=(True, False)),
+    "blocked-3": dict(kernel_size=3, stride=3),
+}
+
+
+# (An Inf in a key gives a logit of +-Inf by the sign of q . e_c: whether a query's output is
+# finite then depends on q, not only on the window; NaN keys and NaN / Inf values do not.)
+@pytest.mark.parametrize("bad,where", [(float("nan"), "k"), (float("nan"), "v"), (float("inf"), "v")])
+@pytest.mark.parametrize("name", list(NON_FINITE_PATTERNS))
+def test_non_finite_key_or_value_reaches_exactly_the_queries_that_attend_to_it(name, bad, where):
+    """A NaN / Inf in one key or value reaches exactly the queries whose window holds it (their
+    output is non-finite: NaN rows where a tile masks keys, the brute-force channel values where
+    a tile is one window); every other query equals the oracle on the same inputs with that entry
+    zeroed, which none of them sees."""
+    pattern = NON_FINITE_PATTERNS[name]
+    g = torch.Generator().manual_seed(sum(map(ord, name + where)))
+    h, w, heads = 9, 12, 2
+    q, k, v = (torch.randn(1, h, w, heads, 8, generator=g) for _ in range(3))
+    ks = pattern["kernel_size"]
+    rpb = torch.randn(heads, *(2 * x - 1 for x in ((ks, ks) if isinstance(ks, int) else ks)), generator=g)
+    y, x, head = 4, 7, 1
+    clean = gna_oracle(q, k, v, rpb=rpb, **pattern)
+    target = {"k": k, "v": v}[where]
+    target[0, y, x, head, 3] = bad
+    out = gna(q, k, v, rpb=rpb, **pattern)
+
+    mask, _ = neighborhood((h, w), pattern["kernel_size"], pattern.get("stride", 1), pattern.get("dilation", 1),
+                           pattern.get("is_causal", False))
+    sees = mask[:, y * w + x].reshape(h, w)  # queries whose window holds the key
+    assert sees.any() and not sees.all()
+    poisoned = ~torch.isfinite(out[0, :, :, head]).all(-1)
+    assert torch.equal(poisoned, sees)
+    other = torch.isfinite(out).all(-1)
+    assert other.sum() == out[..., 0].numel() - sees.sum()
+    torch.testing.assert_close(out[other].double(), clean[other], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["na-3", "blocked-3"])
+def test_empty_batch_returns_empty(name):
+    q = torch.randn(0, 6, 6, 2, 8, requires_grad=True)
+    out = gna(q, q, q, **NON_FINITE_PATTERNS[name])
+    assert out.shape == q.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape

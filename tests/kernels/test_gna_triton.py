@@ -245,6 +245,70 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     assert torch.isfinite(q.grad).all()
 
 
+# --- the kernels as torch.library custom ops -------------------------------------------------------
+
+def _op_args(case_name: str, dtype=torch.float32, seed: int = 0):
+    case = CASES[case_name]
+    q, k, v, rpb, grad_out = make_inputs(case, dtype, seed=seed)
+    kernel, stride, dilation, causal = (list(x) for x in case.pattern)
+    params, scale = check_gna_inputs(q, k, v, *case.pattern, rpb, None)
+    return case, (q, k, v, rpb, kernel, stride, dilation, causal, scale), grad_out
+
+
+@pytest.mark.parametrize("case_name", ["1d-tiny-3-k2"])
+def test_custom_ops_pass_opcheck(case_name):
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of
+    ``attnzoo::gna_fwd`` and ``attnzoo::gna_bwd`` (torch.library.opcheck's whole battery)."""
+    from attnzoo.kernels.gna._library import gna_bwd, gna_fwd
+
+    case, args, grad_out = _op_args(case_name)
+    for t in args[:4]:
+        if t is not None:
+            t.requires_grad_()
+    torch.library.opcheck(gna_fwd, args)
+    out, lse = gna_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    q, k, v, rpb = (a.detach() if a is not None else None for a in args[:4])
+    torch.library.opcheck(gna_bwd, (grad_out, q, k, v, rpb, out, lse, *args[4:], rpb is not None))
+
+
+def test_custom_op_compiles_and_exports_as_one_node():
+    """torch.compile captures the fused op without a graph break (forward and backward equal to
+    eager), and torch.export records one ``attnzoo.gna_fwd`` call, not the Python around it."""
+    case, args, grad_out = _op_args("2d-tiny-2x3-k2", seed=5)
+    q, k, v, rpb = args[:4]
+
+    def run(q, k, v, rpb):
+        return gna(q, k, v, *case.pattern, rpb=rpb, backend="triton")
+
+    grads = []
+    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
+        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+        out = fn(*inputs)
+        out.backward(grad_out)
+        grads.append([out.detach()] + [t.grad for t in inputs])
+    for got, want in zip(*grads):
+        assert rel_error(got, want.double()) <= 1e-6
+
+    class Mixer(torch.nn.Module):
+        def forward(self, q, k, v, rpb):
+            return run(q, k, v, rpb)
+
+    program = torch.export.export(Mixer(), (q, k, v, rpb))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.attnzoo.gna_fwd.default) == 1
+    assert not any("scaled_dot_product" in str(t) for t in targets)
+    assert rel_error(program.module()(q, k, v, rpb), run(q, k, v, rpb).double()) <= 1e-6
+
+
+def test_empty_batch_returns_empty():
+    case, args, _ = _op_args("2d-na-7x6-k3")
+    q, k, v = (t[:0].requires_grad_() for t in args[:3])
+    out = gna(q, k, v, *case.pattern, rpb=args[3], backend="triton")
+    assert out.shape == v.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
 # --- tile configurations (no kernel runs) --------------------------------------------------------
 
 def _named(spatial, dilation=(1, 1, 1), d=32, precision="tf32"):
