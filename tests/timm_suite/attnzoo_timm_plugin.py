@@ -58,9 +58,6 @@ _timm_list_models = timm.list_models
 def _list_models(*args, **kwargs):
     return [n for n in _timm_list_models(*args, **kwargs) if n.split(".")[0] in SELECTED]
 
-
-timm.list_models = _list_models  # before timm's test module does `from timm import list_models`
-
 _RESULTS: dict = {}
 
 
@@ -78,6 +75,9 @@ def pytest_configure(config: pytest.Config) -> None:
     unknown = sorted(SELECTED - set(attnzoo.list_models()))
     if unknown:
         raise pytest.UsageError(f"attnzoo_timm_plugin: not attnzoo models: {', '.join(unknown)}")
+    # Only when loaded as the plugin (never on import: tests/timm_suite imports EXCLUDED from here),
+    # and before timm's test module does `from timm import list_models` at collection.
+    timm.list_models = _list_models
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
