@@ -121,7 +121,8 @@ class BiLevelRoutingAttention2d(nn.Module):
         heads = self.num_heads
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
         out = routed_attention(
-            q.reshape(b, h, w, heads, -1), k.reshape(b, h, w, heads, -1), v.reshape(b, h, w, heads, -1),
+            q.reshape(b, h, w, heads, self.qk_dim // heads), k.reshape(b, h, w, heads, self.qk_dim // heads),
+            v.reshape(b, h, w, heads, self.dim // heads),
             s, self.topk, scale=self.scale, backend=self.backend,
         ).reshape(b, h, w, self.dim)
         if self.lepe is not None:

@@ -248,7 +248,7 @@ class AggregatedAttention2d(_CosineAttentionBase):
 
         x_pool = F.adaptive_avg_pool2d(self.act(self.sr(x.permute(0, 3, 1, 2))), pooled)
         x_pool = self.norm(x_pool.flatten(2).transpose(1, 2))  # [B, P, C]
-        k_pool, v_pool = self.kv(x_pool).view(b, -1, 2, heads, d).unbind(2)
+        k_pool, v_pool = self.kv(x_pool).view(b, x_pool.shape[1], 2, heads, d).unbind(2)
 
         pool_bias = self.cpb((h, w), pooled, self._pretrain((h, w)))
         out = aggregated_attention(

@@ -36,6 +36,18 @@ def run_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return stage.blocks(x)
 
 
+def _check_images(model: nn.Module, args: tuple) -> None:
+    """``model(x)`` takes a batch of images ``[B, C, H, W]`` (B may be 0): one clear error for
+    anything else instead of a failure deep inside a stem or a mixer. Shapes only, so the check
+    costs nothing under torch.compile / torch.export."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{type(model).__name__} expects a tensor of images [B, C, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = " (one image: add the batch axis, x.unsqueeze(0))" if x.dim() == 3 else ""
+        raise ValueError(f"{type(model).__name__} expects images [B, C, H, W] (4 dims), got shape {tuple(x.shape)}{hint}")
+
+
 class StagedModel(nn.Module):
     """Base of every family's model: a ``stem`` and ``stages`` (each with ``grad_checkpointing``),
     parameters named ``stem.*`` / ``stages.<i>.*``. Gives timm's ``set_grad_checkpointing`` and
@@ -43,6 +55,10 @@ class StagedModel(nn.Module):
     ``(regex, suffix)`` pairs). ``attnzoo.mm`` freezes stages through the coarse groups."""
 
     fine_groups: Tuple[Tuple[str, Optional[Tuple[int, ...]]], ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_forward_pre_hook(_check_images)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

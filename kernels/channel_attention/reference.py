@@ -21,6 +21,7 @@ to the dtype of q.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -43,7 +44,8 @@ def _channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     shape = q.shape
     b, h, d = shape[0], shape[-2], shape[-1]
     # [B, *spatial, H, D] -> [B, H, N, D]
-    qf, kf, vf = (t.to(compute).reshape(b, -1, h, d).transpose(1, 2) for t in (q, k, v))
+    n = math.prod(shape[1:-2])
+    qf, kf, vf = (t.to(compute).reshape(b, n, h, d).transpose(1, 2) for t in (q, k, v))
     attn = ((kf * scale).transpose(-1, -2) @ vf).softmax(dim=-1)  # [B, H, D(c), D(d)]
     out = qf @ attn.transpose(-1, -2)  # out[n, c] = sum_d q[n, d] A[c, d]
     return out.transpose(1, 2).reshape(shape).to(q.dtype)

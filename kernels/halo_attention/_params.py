@@ -62,8 +62,8 @@ def check_halo_inputs(
     if not k.is_floating_point():
         raise ValueError(f"k must be a floating point tensor, got dtype {k.dtype}")
     b, h, w, heads, head_dim = k.shape
-    if min(b, h, w, heads, head_dim) < 1:
-        raise ValueError(f"k must have every dim >= 1, got shape {tuple(k.shape)}")
+    if min(h, w, heads, head_dim) < 1:
+        raise ValueError(f"k must have every dim but the batch >= 1, got shape {tuple(k.shape)}")
     if h % block_size or w % block_size:
         raise ValueError(
             f"k's spatial size must be a multiple of block_size ({block_size}) on both axes, got {h}x{w}; "

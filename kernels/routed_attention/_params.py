@@ -1,10 +1,12 @@
 """Argument checks for routed_attention and route_regions, shared by every backend."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .._checks import check_int, check_like, check_tensors, softmax_scale
 
@@ -36,8 +38,8 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor, num_regions) -> int:
         raise ValueError(f"q must be [batch, H, W, heads, head_dim] (5 dims), got shape {tuple(q.shape)}")
     if not q.is_floating_point():
         raise ValueError(f"q must be a floating point tensor, got dtype {q.dtype}")
-    if min(q.shape) < 1:
-        raise ValueError(f"q must have every dim >= 1, got shape {tuple(q.shape)}")
+    if min(q.shape[1:]) < 1:
+        raise ValueError(f"q must have every dim but the batch >= 1, got shape {tuple(q.shape)}")
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     check_like("q", q, k=k)
@@ -78,7 +80,22 @@ def check_index(index: torch.Tensor, batch: int, regions: int, topk: int, device
         )
     if index.device != device:
         raise ValueError(f"index must be on the device of q ({device}), got {index.device}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= regions):
+    if index.numel() and _read_values(index):
+        _check_index_values(index, regions, topk)
+    return index.long()
+
+
+def _read_values(index: torch.Tensor) -> bool:
+    """Whether to check the index's values: they are read into Python, which breaks a compiled
+    graph, cannot happen on the meta device and waits for a GPU. So: in eager mode on the CPU;
+    on other devices only with ``ATTNZOO_DEBUG_CHECKS=1``."""
+    if torch.compiler.is_compiling() or index.device.type == "meta" or isinstance(index, FakeTensor):
+        return False
+    return index.device.type == "cpu" or os.environ.get("ATTNZOO_DEBUG_CHECKS", "") == "1"
+
+
+def _check_index_values(index: torch.Tensor, regions: int, topk: int) -> None:
+    if int(index.min()) < 0 or int(index.max()) >= regions:
         raise ValueError(
             f"index values must be region ids in [0, num_regions**2 = {regions}), "
             f"got values in [{int(index.min())}, {int(index.max())}]"
@@ -86,7 +103,6 @@ def check_index(index: torch.Tensor, batch: int, regions: int, topk: int, device
     ordered = index.sort(dim=-1).values
     if topk > 1 and bool((ordered[..., 1:] == ordered[..., :-1]).any()):
         raise ValueError("index must list distinct regions for each query region (a repeated region id was found)")
-    return index.long()
 
 
 def check_routed_inputs(

@@ -60,8 +60,9 @@ def _route(q: torch.Tensor, k: torch.Tensor, params: RoutedParams) -> torch.Tens
     with torch.no_grad():
         def pooled(t: torch.Tensor) -> torch.Tensor:
             # [B, H, W, heads, d] -> [B, S*S, heads*d]: mean over the tokens of each region
-            t = t.detach().to(compute).reshape(b, s, rh, s, rw, -1)
-            return t.mean(dim=(2, 4)).reshape(b, s * s, -1)
+            c = t.shape[-2] * t.shape[-1]
+            t = t.detach().to(compute).reshape(b, s, rh, s, rw, c)
+            return t.mean(dim=(2, 4)).reshape(b, s * s, c)
 
         affinity = pooled(q) @ pooled(k).transpose(-1, -2)  # [B, S*S (query region), S*S (key region)]
         return affinity.topk(params.topk, dim=-1).indices

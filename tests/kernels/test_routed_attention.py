@@ -167,7 +167,7 @@ def _index(rows):
     (lambda q: dict(k=q.double()), "k must have the dtype of q"),
     (lambda q: dict(v=q.double()), "v must have the dtype of q"),
     (lambda q: dict(q=[1.0]), "q must be a torch.Tensor"),
-    (lambda q: dict(q=q[:, :0], k=q[:, :0], v=q[:, :0]), "every dim >= 1"),
+    (lambda q: dict(q=q[:, :0], k=q[:, :0], v=q[:, :0]), "every dim but the batch >= 1"),
     (lambda q: dict(num_regions=0), "num_regions must be an int >= 1"),
     (lambda q: dict(num_regions=3), "multiple of num_regions \\(3\\)"),
     (lambda q: dict(topk=0), "topk must be an int in \\[1, num_regions\\*\\*2 = 4\\]"),
@@ -212,3 +212,23 @@ def test_equals_the_authors_legacy_gather_path(shape):
     grad = torch.randn(got.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
         assert _rel(a, b) <= 1e-12
+
+
+def test_explicit_index_traces_without_reading_its_values():
+    """Only dtype, shape and device of a given index are checked inside a trace or on the meta
+    device (its values are checked in eager CPU calls): compile has no graph break, meta works."""
+    q, k, v = (t.detach() for t in _inputs(2, 8, 8, 2, 16, 16, torch.float32, seed=4))
+    index = route_regions(q, k, 2, 2)
+
+    def run(q, k, v, index):
+        return routed_attention(q, k, v, 2, 2, index=index)
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, k, v, index), run(q, k, v, index), rtol=1e-6, atol=1e-6)
+    meta = [t.to("meta") for t in (q, k, v, index)]
+    assert run(*meta).shape == v.shape
+
+
+def test_empty_batch_returns_empty():
+    q, k, v = (t.detach()[:0] for t in _inputs(2, 8, 8, 2, 16, 16, torch.float32, seed=4))
+    assert routed_attention(q, k, v, 2, 2).shape == v.shape

@@ -224,3 +224,16 @@ def test_az_models_are_drop_in_for_their_timm_twin(name, built):
     assert [i["reduction"] for i in ours.feature_info] == [i["reduction"] for i in theirs.feature_info]
     for key in ("input_size", "mean", "std", "crop_pct", "interpolation", "license", "hf_hub_id"):
         assert ours.pretrained_cfg.get(key) == theirs.pretrained_cfg.get(key), key
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_empty_batch_and_unbatched_input(name, built):
+    """B = 0 gives empty logits and features (as timm's davit / shvit); a 3-D (unbatched) image
+    gets one error naming the expected [B, C, H, W] layout."""
+    model = built(name)
+    with torch.no_grad():
+        assert model(torch.randn(0, 3, 64, 64)).shape == (0, model.num_classes)
+        feats = model.forward_features(torch.randn(0, 3, 64, 64))
+    assert feats.shape[0] == 0 and model.num_features in feats.shape[1:]  # NCHW or NHWC, as the twin
+    with pytest.raises(ValueError, match=r"expects images \[B, C, H, W\].*unsqueeze"):
+        model(torch.randn(3, 64, 64))
