@@ -151,15 +151,6 @@ def test_grad_checkpointing_gives_the_same_output_and_gradients(name):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("name", list(SMALLEST.values()))
-def test_torch_compile(name, built):
-    model = built(name)
-    x = torch.randn(1, 3, 64, 64)
-    compiled = torch.compile(model, backend="eager", dynamic=False)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x))
-
-
 @pytest.mark.parametrize("name", HEAVY)
 def test_state_dict_round_trip(name, built, tmp_path):
     model = built(name)
