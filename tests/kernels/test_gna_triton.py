@@ -1,12 +1,10 @@
 """gna's fused Triton backend against the reference (the specification), outputs and gradients.
 
-On a machine without CUDA the kernels run through Triton's interpreter: ``TRITON_INTERPRET=1``
-is set while this module imports ``attnzoo.kernels.gna.triton`` (Triton chooses the interpreter
-when the kernels are decorated) and again around each test, where the dispatcher reads it. The
-environment is restored afterwards, so the rest of the session keeps dispatching CPU calls to
-the reference. The interpreter runs every ``tl`` op as a numpy call (~10 ms per inner step of a
-32x32 tile), so the cases here are tiny; full sizes and bfloat16 (which the interpreter does not
-emulate faithfully) run on a GPU in the tests marked ``gpu``.
+On a machine without CUDA the kernels run through Triton's interpreter (tests/kernels/
+_triton_interp.py imports the module for it; ``TRITON_INTERPRET=1`` is set again around each
+test, where the dispatcher reads it). The interpreter runs every ``tl`` op as a numpy call
+(~10 ms per inner step of a 32x32 tile), so the cases here are tiny; full sizes and bfloat16
+(which the interpreter does not emulate faithfully) run on a GPU in the tests marked ``gpu``.
 
 Every comparison takes fresh seeded random inputs and checks ``||got - want|| / ||want||`` of
 the output and of the q, k, v and rpb gradients, with ``want`` from the reference run on the same
@@ -14,9 +12,7 @@ inputs upcast to float64.
 """
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
@@ -28,36 +24,10 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
+from tests.kernels._triton_interp import CUDA, DEVICE, import_triton_backend
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-
-
-def _import_triton_backend():
-    """The backend module, built for the interpreter on CUDA-less machines (Triton picks the
-    interpreter when the kernels are decorated, i.e. when the module is first imported)."""
-    pytest.importorskip("triton")
-    saved = os.environ.get("TRITON_INTERPRET")
-    if not CUDA:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        from attnzoo.kernels.gna import triton as module
-
-        if not CUDA and not module.INTERPRETER:
-            # imported earlier in this process without the variable: rebuild its kernels for the
-            # interpreter (same module object, so the dispatcher's loader sees them)
-            module = importlib.reload(module)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-    return module
-
-
-triton_backend = _import_triton_backend()
+triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
 from attnzoo.kernels.gna import _autotune  # noqa: E402  (after triton imports)
-assert CUDA or triton_backend.INTERPRETER, "the Triton kernels must run under the interpreter on a CUDA-less machine"
 
 
 @pytest.fixture(autouse=True)
