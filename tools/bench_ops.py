@@ -1,114 +1,54 @@
-"""``attnzoo bench-ops``: gna's fused Triton kernels against the alternatives, per attention pattern.
+"""``attnzoo bench-ops``: each op's fused Triton kernels against the alternatives, case by case.
 
-For each case (NA2D, DiNAT, MaxViT block / grid, NA1D, NA3D, a blocked pattern) it times the
-forward and the forward + backward of
+Every op has a case module with the same interface; this file only drives them (arguments,
+timing, the roofline, peak memory, the tables):
 
-* ``triton``: ``gna(..., backend='triton')``, the fused kernels;
-* ``reference``: ``gna(..., backend='reference')``, the pure PyTorch specification;
-* ``flex``: ``torch.nn.attention.flex_attention`` (compiled on CUDA, eager on the CPU where
-  compiling it would take minutes) with the block mask of the same pattern: its ``mask_mod`` is
-  built from ``window_bounds``, the formulas of the reference, and the relative position bias is a
-  ``score_mod``;
-* ``sdpa``: dense ``scaled_dot_product_attention`` over all tokens, no mask: what ignoring the
-  sparsity would cost (a different result; a speed reference only).
+* ``gna``: tools/bench_ops_gna.py (NA, DiNAT, MaxViT block / grid, NA1D / NA3D, blocked patterns)
 
-Each backend gets its native layout (gna heads-last ``[B, *spatial, H, D]``, the others
-``[B, H, N, D]``), prepared outside the timed region. Next to the times the table prints a
-roofline: the larger of (minimum bytes / copy bandwidth) and (attention FLOPs / matmul rate),
-both rates measured on the device when the run starts. Output is markdown, as ``attnzoo bench``.
+A case module defines ``OP``; ``BACKENDS`` (the first is the one the ratio columns divide by);
+``NOTES`` (lines for the header); ``CASES`` and ``SMALL_CASES`` (name -> case with
+``.describe()``); ``min_bytes(case, elem, backward)`` and ``attention_flops(case, backward)`` for
+the roofline; and ``runner(backend, case, device, dtype, backward, cache)``, which prepares the
+inputs and returns ``(step, None)``, ``step()`` being one forward (or forward + backward), or
+``(None, why the backend cannot run the case)``.
+
+Next to the times each table prints a roofline: the larger of (minimum bytes / copy bandwidth) and
+(FLOPs / matmul rate), both rates measured on the device when the run starts; on CUDA also each
+backend's peak memory for one step beyond its inputs (``max_memory_allocated`` minus what was
+allocated before the step). Output is markdown, as ``attnzoo bench``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import math
+import importlib
 import os
 import platform
 import shlex
 import statistics
 import sys
 import time
-import warnings
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 import attnzoo
-from attnzoo.kernels import gna
-from attnzoo.kernels.gna import GNAParams, attended_pairs, gna_op, window_bounds
 from attnzoo.tools.bench import _device_name, _Footnotes, _markdown_table, _version
 
-__all__ = ["add_arguments", "run", "CASES", "SMALL_CASES", "BenchCase", "flex_mods", "min_bytes", "attention_flops"]
+__all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates"]
 
-BACKENDS = ("triton", "reference", "flex", "sdpa")
+OP_MODULES = {
+    "gna": "attnzoo.tools.bench_ops_gna",
+}
+"""op name -> its case module (imported when the command runs)."""
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEFAULTS = {"cpu": {"warmup": 1, "iters": 3}, "cuda": {"warmup": 10, "iters": 30}}
 
 
-@dataclass(frozen=True)
-class BenchCase:
-    name: str
-    spatial: Tuple[int, ...]
-    kernel_size: Tuple[int, ...]
-    stride: Tuple[int, ...]
-    dilation: Tuple[int, ...]
-    is_causal: Tuple[bool, ...]
-    batch: int
-    heads: int
-    head_dim: int
-    rpb: bool = True
-
-    @property
-    def params(self) -> GNAParams:
-        return GNAParams(self.spatial, self.kernel_size, self.stride, self.dilation, self.is_causal)
-
-    @property
-    def tokens(self) -> int:
-        return math.prod(self.spatial)
-
-    def describe(self) -> str:
-        def axes(t):
-            return "x".join(str(int(x)) for x in t)
-
-        causal = f", causal {axes(self.is_causal)}" if any(self.is_causal) else ""
-        return (f"{axes(self.spatial)}, kernel {axes(self.kernel_size)}, stride {axes(self.stride)}, "
-                f"dilation {axes(self.dilation)}{causal}, B {self.batch} x H {self.heads}, d {self.head_dim}, "
-                f"{'rpb' if self.rpb else 'no rpb'}")
-
-
-def _case(name, spatial, kernel, stride=1, dilation=1, causal=False, batch=1, heads=1, head_dim=32, rpb=True):
-    r = len(spatial)
-
-    def per_axis(x):
-        return tuple(x) if isinstance(x, tuple) else (x,) * r
-
-    return BenchCase(name, tuple(spatial), per_axis(kernel), per_axis(stride), per_axis(dilation), per_axis(causal),
-                     batch, heads, head_dim, rpb)
-
-
-CASES = {c.name: c for c in [
-    _case("na2d-56-k7", (56, 56), 7, batch=32, heads=8),  # NAT stage 1: B * H = 256
-    _case("dinat-56-k7-d8", (56, 56), 7, dilation=8, batch=32, heads=8),  # DiNAT stage 1, widest dilation
-    _case("dinat-28-k7-d4", (28, 28), 7, dilation=4, batch=32, heads=16),  # DiNAT stage 2
-    _case("maxvit-block-56-p7", (56, 56), 7, stride=7, batch=32, heads=8),  # 7x7 windows of the 56x56 map
-    _case("maxvit-grid-56-g7", (56, 56), 7, stride=7, dilation=8, batch=32, heads=8),  # 7x7 grid, dilation 56/7
-    _case("na1d-4096-k63", (4096,), 63, batch=8, heads=8, head_dim=64, rpb=False),
-    _case("na3d-16x32x32-k3x7x7", (16, 32, 32), (3, 7, 7), batch=2, heads=8, rpb=False),
-    _case("blocked-64-k8", (64, 64), 8, stride=8, batch=32, heads=8, rpb=False),  # power-of-two window: no padded lanes
-]}
-
-# Tiny versions of the same patterns: CPU runs (and tests) finish in seconds with the reference,
-# and in minutes under Triton's interpreter.
-SMALL_CASES = {c.name: c for c in [
-    _case("small-na2d-14-k7", (14, 14), 7, heads=2, head_dim=16),
-    _case("small-dinat-16-k3-d4", (16, 16), 3, dilation=4, heads=2, head_dim=16),
-    _case("small-maxvit-block-14-p7", (14, 14), 7, stride=7, heads=2, head_dim=16),
-    _case("small-na1d-64-k7-causal", (64,), 7, causal=True, heads=2, head_dim=16, rpb=False),
-    _case("small-na3d-4x8x8-k3", (4, 8, 8), 3, heads=1, head_dim=16, rpb=False),
-    _case("small-blocked-8-k4", (8, 8), 4, stride=4, heads=2, head_dim=16, rpb=False),
-]}
+def op_modules(names: Sequence[str] = tuple(OP_MODULES)) -> Dict[str, ModuleType]:
+    return {name: importlib.import_module(OP_MODULES[name]) for name in names}
 
 
 def _name_list(text: str, allowed: Sequence[str], what: str) -> Tuple[str, ...]:
@@ -117,96 +57,6 @@ def _name_list(text: str, allowed: Sequence[str], what: str) -> Tuple[str, ...]:
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what} from {', '.join(allowed)}, got {text!r}")
     return names
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", choices=tuple(_DTYPES),
-                        help="default: float16 on cuda, float32 on cpu")
-    parser.add_argument("--small", action="store_true",
-                        help=f"the tiny case set ({', '.join(SMALL_CASES)}) instead of the full-size one")
-    parser.add_argument("--cases", metavar="LIST",
-                        help="comma-separated case names (default: every case of the set); "
-                             f"full set: {', '.join(CASES)}")
-    parser.add_argument("--backends", metavar="LIST", default=",".join(BACKENDS),
-                        type=lambda s: _name_list(s, BACKENDS, "backends"),
-                        help=f"comma-separated, the first is the one the ratios divide by (default: {','.join(BACKENDS)})")
-    parser.add_argument("--no-backward", action="store_true", help="forward only")
-    parser.add_argument("--iters", type=int, metavar="N", help="timed runs per measurement (default: 3 cpu, 30 cuda)")
-    parser.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: 1 cpu, 10 cuda)")
-
-
-# --- FlexAttention's view of a gna pattern -------------------------------------------------------
-
-def _coords(index: torch.Tensor, spatial: Sequence[int]) -> List[torch.Tensor]:
-    """Row-major flat token index -> one coordinate per spatial axis."""
-    out = []
-    for n in reversed(spatial):
-        out.append(index % n)
-        index = index // n
-    return out[::-1]
-
-
-def flex_mods(case_params: GNAParams, rpb: Optional[torch.Tensor]) -> Tuple[Callable, Optional[Callable]]:
-    """``(mask_mod, score_mod)`` for ``flex_attention`` over row-major flattened tokens.
-
-    The mask is the gna neighborhood: per axis, same dilation group and the key's group
-    coordinate inside ``window_bounds`` of the query's. ``score_mod`` (None without ``rpb``) adds
-    ``rpb[h, key - query + kernel - 1 per axis]`` in group coordinates, as the reference does.
-    """
-    p = case_params
-
-    def axis_terms(q_idx, kv_idx):
-        qc, kc = _coords(q_idx, p.spatial), _coords(kv_idx, p.spatial)
-        terms = []
-        for a in range(p.rank):
-            n, ks, st, dl, causal = p.spatial[a], p.kernel_size[a], p.stride[a], p.dilation[a], p.is_causal[a]
-            g = qc[a] % dl
-            glen = (n - g + dl - 1) // dl
-            j, i = qc[a] // dl, kc[a] // dl
-            start, end = window_bounds(j, glen, ks, st, causal)
-            terms.append(((kc[a] % dl == g) & (i >= start) & (i < end), (i - j + ks - 1).clamp(0, 2 * ks - 2)))
-        return terms
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        terms = axis_terms(q_idx, kv_idx)
-        inside = terms[0][0]
-        for m, _ in terms[1:]:
-            inside = inside & m
-        return inside
-
-    if rpb is None:
-        return mask_mod, None
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        rel = [r for _, r in axis_terms(q_idx, kv_idx)]
-        return score + rpb[(h, *rel)].to(score.dtype)
-
-    return mask_mod, score_mod
-
-
-# --- roofline ------------------------------------------------------------------------------------
-
-def min_bytes(case: BenchCase, elem: int, backward: bool) -> int:
-    """Bytes any implementation must move: read q, k, v (and rpb), write out; with the backward
-    also write the float32 logsumexp, then read q, k, v, out, dout, logsumexp and write dq, dk, dv
-    (and d_rpb)."""
-    act = case.batch * case.tokens * case.heads * case.head_dim * elem  # one [B, N, H, D] tensor
-    table = case.heads * math.prod(2 * k - 1 for k in case.kernel_size) * elem if case.rpb else 0
-    lse = case.batch * case.tokens * case.heads * 4
-    fwd = 4 * act + table
-    if not backward:
-        return fwd
-    return fwd + lse + (5 * act + lse + table) + (3 * act + table)
-
-
-def attention_flops(case: BenchCase, backward: bool) -> int:
-    """FLOPs of the attention math (2 per multiply-add over the attended pairs): the forward's
-    QK^T and PV; the backward adds FlashAttention-2's five products (QK^T recomputed, dP = dO V^T,
-    dV = P^T dO, dQ = dS K, dK = dS^T Q)."""
-    pairs = case.batch * case.heads * attended_pairs(case.params)
-    d = case.head_dim
-    return 2 * pairs * (2 * d + (5 * d if backward else 0))
 
 
 def _sync(device: torch.device) -> None:
@@ -242,87 +92,94 @@ def measure_rates(device: torch.device, dtype: torch.dtype) -> Tuple[float, floa
     return bandwidth, 2 * n**3 / t
 
 
-# --- one case ------------------------------------------------------------------------------------
-
-def _inputs(case: BenchCase, device: torch.device, dtype: torch.dtype, backward: bool):
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
-
-    q, k, v = (rand(case.batch, *case.spatial, case.heads, case.head_dim) for _ in range(3))
-    rpb = rand(case.heads, *(2 * x - 1 for x in case.kernel_size)) if case.rpb else None
-    grad = rand(case.batch, *case.spatial, case.heads, case.head_dim)
-    leaves = [q, k, v] + ([rpb] if rpb is not None else [])
-    for t in leaves:
-        t.requires_grad_(backward)
-    return q, k, v, rpb, grad
-
-
-def _flat(t: torch.Tensor, case: BenchCase) -> torch.Tensor:
-    """[B, *spatial, H, D] -> contiguous [B, H, N, D] leaf (same values, new storage)."""
-    out = t.detach().reshape(case.batch, case.tokens, case.heads, -1).transpose(1, 2).contiguous()
-    return out.requires_grad_(t.requires_grad)
-
-
-def _runner(backend: str, case: BenchCase, device: torch.device, dtype: torch.dtype, backward: bool,
-            flex_cache: Dict[Tuple, Callable]) -> Tuple[Optional[Callable[[], object]], Optional[str]]:
-    """(a closure running one forward [+ backward], None) or (None, why the backend cannot run)."""
-    q, k, v, rpb, grad = _inputs(case, device, dtype, backward)
-    pattern = (case.kernel_size, case.stride, case.dilation, case.is_causal)
-    if backend in ("triton", "reference"):
-        reason = gna_op.why_not(backend, q, k, v, case.params, rpb, case.head_dim ** -0.5)
-        if reason is not None:
-            return None, reason
-        leaves = [t for t in (q, k, v, rpb) if t is not None]
-
-        def call():
-            return gna(q, k, v, *pattern, rpb=rpb, backend=backend)
-    else:
-        qf, kf, vf = (_flat(t, case) for t in (q, k, v))
-        gradf = _flat(grad, case)
-        grad = gradf
-        if backend == "sdpa":
-            leaves = [qf, kf, vf]
-
-            def call():
-                return F.scaled_dot_product_attention(qf, kf, vf)
-        else:
-            try:
-                from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-            except ImportError as e:
-                return None, f"torch {torch.__version__} has no flex_attention ({e})"
-            mask_mod, score_mod = flex_mods(case.params, rpb)
-            block_mask = create_block_mask(mask_mod, None, None, case.tokens, case.tokens, device=str(device))
-            if device.type == "cuda":
-                key = ("flex",)
-                if key not in flex_cache:
-                    flex_cache[key] = torch.compile(flex_attention, dynamic=False)
-                attend = flex_cache[key]
-            else:
-                def attend(*a, **kw):
-                    with warnings.catch_warnings():  # "use torch.compile": deliberately not on the CPU
-                        warnings.simplefilter("ignore", UserWarning)
-                        return flex_attention(*a, **kw)
-            leaves = [qf, kf, vf] + ([rpb] if rpb is not None else [])
-
-            def call():
-                return attend(qf, kf, vf, score_mod=score_mod, block_mask=block_mask)
-
-    if not backward:
-        def step():
-            with torch.no_grad():
-                return call()
-    else:
-        def step():
-            out = call()
-            return torch.autograd.grad(out, leaves, grad)
-    return step, None
-
-
 def _fmt_ms(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+
+def _all_backends() -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(b for m in op_modules().values() for b in m.BACKENDS))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    modules = op_modules()
+    parser.add_argument("--ops", metavar="LIST", default=",".join(OP_MODULES),
+                        type=lambda s: _name_list(s, tuple(OP_MODULES), "ops"),
+                        help=f"comma-separated ops to benchmark (default: all, {','.join(OP_MODULES)})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=tuple(_DTYPES),
+                        help="default: float16 on cuda, float32 on cpu")
+    parser.add_argument("--small", action="store_true",
+                        help="each op's tiny case set (CPU-sized) instead of the full-size one")
+    parser.add_argument("--cases", metavar="LIST",
+                        help="comma-separated case names (default: every case of the selected ops' set); full sets: "
+                             + "; ".join(f"{op}: {', '.join(m.CASES)}" for op, m in modules.items()))
+    parser.add_argument("--backends", metavar="LIST",
+                        type=lambda s: _name_list(s, _all_backends(), "backends"),
+                        help="comma-separated, in table order; each op runs those it knows, the first of them is the "
+                             "one its ratios divide by (default: each op's own list: "
+                             + "; ".join(f"{op}: {','.join(m.BACKENDS)}" for op, m in modules.items()) + ")")
+    parser.add_argument("--no-backward", action="store_true", help="forward only")
+    parser.add_argument("--iters", type=int, metavar="N", help="timed runs per measurement (default: 3 cpu, 30 cuda)")
+    parser.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: 1 cpu, 10 cuda)")
+
+
+def _peak_mib(step: Callable[[], object], device: torch.device) -> float:
+    """Memory one ``step()`` allocates beyond what was allocated before it, in MiB (CUDA only)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def _op_table(module: ModuleType, names: Sequence[str], pool: dict, backends: Sequence[str], args, device, dtype,
+              bandwidth: float, matmul_rate: float, prog: str) -> List[str]:
+    passes = [False] if args.no_backward else [False, True]
+    cuda = device.type == "cuda"
+    notes = _Footnotes()
+    rows = []
+    cache: Dict[Tuple, Callable] = {}
+    elem = torch.tensor([], dtype=dtype).element_size()
+    for name in names:
+        case = pool[name]
+        for backward in passes:
+            t_mem = module.min_bytes(case, elem, backward) / bandwidth
+            t_math = module.attention_flops(case, backward) / matmul_rate
+            row = [name, "fwd+bwd" if backward else "fwd",
+                   f"{_fmt_ms(max(t_mem, t_math))} ({'mem' if t_mem >= t_math else 'math'})"]
+            times: Dict[str, float] = {}
+            peaks: Dict[str, float] = {}
+            for backend in backends:
+                try:
+                    step, reason = module.runner(backend, case, device, dtype, backward, cache)
+                    if step is not None:
+                        times[backend] = _median_seconds(step, device, args.warmup, args.iters)
+                        if cuda:
+                            peaks[backend] = _peak_mib(step, device)
+                except Exception as e:  # reported in the table, the other backends still run
+                    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+                row.append(_fmt_ms(times[backend]) if backend in times else f"n/a {notes.ref(f'{backend}: {reason}')}")
+                if cuda:
+                    torch.cuda.empty_cache()
+            base = backends[0]
+            for other in backends[1:]:
+                ok = base in times and other in times
+                row.append(f"{times[other] / times[base]:.3g}x" if ok else "—")
+            if cuda:
+                row += [f"{peaks[b]:.0f}" if b in peaks else "—" for b in backends]
+            rows.append(row)
+            print(f"{prog}: {module.OP} {name} {row[1]} done", file=sys.stderr, flush=True)
+
+    headers = ["case", "pass", "roofline ms (bound)"] + [f"{b} ms" for b in backends] \
+        + [f"{b} / {backends[0]}" for b in backends[1:]] + ([f"{b} peak MiB" for b in backends] if cuda else [])
+    right = [False, False] + [True] * (len(headers) - 2)
+    lines = _markdown_table(headers, rows, right)
+    if notes.notes:
+        lines += ["", *notes.lines()]
+    return lines
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -339,11 +196,23 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.iters < 1 or args.warmup < 0:
         print(f"{prog}: error: --iters must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
-    pool = SMALL_CASES if args.small else CASES
+    modules = op_modules(args.ops)
+    pools = {op: (m.SMALL_CASES if args.small else m.CASES) for op, m in modules.items()}
+    every = [n for pool in pools.values() for n in pool]
     try:
-        names = _name_list(args.cases, tuple(pool), "cases") if args.cases else tuple(pool)
+        wanted = _name_list(args.cases, tuple(every), "cases") if args.cases else tuple(every)
     except argparse.ArgumentTypeError as e:
         print(f"{prog}: error: --cases: {e}", file=sys.stderr)
+        return 2
+    plan = []  # (module, case names, backends) per op with something to run
+    for op, m in modules.items():
+        names = [n for n in wanted if n in pools[op]]
+        backends = [b for b in (args.backends or m.BACKENDS) if b in m.BACKENDS]
+        if names and backends:
+            plan.append((m, names, backends))
+    if not plan:
+        print(f"{prog}: error: --backends {','.join(args.backends or ())} names no backend of the ops of the "
+              f"selected cases", file=sys.stderr)
         return 2
 
     bandwidth, matmul_rate = measure_rates(device, dtype)
@@ -360,57 +229,19 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         f"- {dtype}, median of {args.iters} timed runs after {args.warmup} warmup; ms per call",
         f"- measured at start: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
         f"matmul {matmul_rate / 1e12:.3g} TFLOP/s ({dtype})",
-        "- roofline: max(minimum bytes / bandwidth, attention FLOPs / matmul rate); "
+        "- roofline: max(minimum bytes / bandwidth, FLOPs / matmul rate); "
         "fwd+bwd counts FlashAttention-2's backward (5 products, QK^T recomputed)",
-        "- flex: FlexAttention with the gna block mask" + (" (torch.compile)" if device.type == "cuda" else
-                                                          " (eager: compiling it on the CPU takes minutes)")
-        + "; sdpa: dense attention over all tokens, no mask (speed reference, different result)",
-        "",
-        "Cases:",
-        *(f"- {n}: {pool[n].describe()}" for n in names),
+        "- flex: FlexAttention " + ("(torch.compile)" if device.type == "cuda" else
+                                    "(eager: compiling it on the CPU takes minutes)"),
     ]
-    print("\n".join(header), end="\n\n", flush=True)
+    if device.type == "cuda":
+        header.append("- peak MiB: memory one step allocates beyond its inputs (torch.cuda.max_memory_allocated)")
+    print("\n".join(header), flush=True)
 
-    passes = [False] if args.no_backward else [False, True]
-    notes = _Footnotes()
-    rows = []
-    flex_cache: Dict[Tuple, Callable] = {}
-    elem = torch.tensor([], dtype=dtype).element_size()
-    for name in names:
-        case = pool[name]
-        for backward in passes:
-            flops = attention_flops(case, backward)
-            moved = min_bytes(case, elem, backward)
-            t_mem, t_math = moved / bandwidth, flops / matmul_rate
-            roof = max(t_mem, t_math)
-            row = [name, "fwd+bwd" if backward else "fwd", f"{_fmt_ms(roof)} ({'mem' if t_mem >= t_math else 'math'})"]
-            times: Dict[str, float] = {}
-            for backend in args.backends:
-                try:
-                    step, reason = _runner(backend, case, device, dtype, backward, flex_cache)
-                    if step is not None:
-                        times[backend] = _median_seconds(step, device, args.warmup, args.iters)
-                except Exception as e:  # reported in the table, the other backends still run
-                    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
-                if backend in times:
-                    row.append(_fmt_ms(times[backend]))
-                else:
-                    row.append(f"n/a {notes.ref(f'{backend}: {reason}')}")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            base = args.backends[0]
-            for other in args.backends[1:]:
-                ok = base in times and other in times
-                row.append(f"{times[other] / times[base]:.3g}x" if ok else "—")
-            rows.append(row)
-            print(f"{prog}: {name} {row[1]} done", file=sys.stderr, flush=True)
-
-    base = args.backends[0]
-    headers = ["case", "pass", "roofline ms (bound)"] + [f"{b} ms" for b in args.backends] \
-        + [f"{b} / {base}" for b in args.backends[1:]]
-    right = [False, False, True] + [True] * (2 * len(args.backends) - 1)
-    lines = _markdown_table(headers, rows, right)
-    if notes.notes:
-        lines += ["", *notes.lines()]
-    print("\n".join(lines), flush=True)
+    for m, names, backends in plan:
+        lines = ["", f"### {m.OP}", "", *(f"- {n}" for n in m.NOTES), "", "Cases:",
+                 *(f"- {n}: {pools[m.OP][n].describe()}" for n in names), ""]
+        print("\n".join(lines), flush=True)
+        table = _op_table(m, names, pools[m.OP], backends, args, device, dtype, bandwidth, matmul_rate, prog)
+        print("\n".join(table), flush=True)
     return 0

@@ -18,7 +18,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 # name -> (module import path, one-line help). Add a command with one line here.
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "bench": ("attnzoo.tools.bench", "parameters, GFLOPs and latency of the registered models, as a markdown table"),
-    "bench-ops": ("attnzoo.tools.bench_ops", "gna's fused Triton kernels vs the reference, FlexAttention and dense SDPA per attention pattern, with a roofline"),
+    "bench-ops": ("attnzoo.tools.bench_ops", "each op's fused Triton kernels vs the reference and FlexAttention (and more per op), case by case, with a roofline and peak memory"),
     "bench-routed": ("attnzoo.tools.bench_routed", "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
     "install-mmcv": ("attnzoo.tools.install_mmcv", "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
     "train": ("attnzoo.train.trainer", "train a classifier on timm's components (torchrun for DDP / FSDP2), with exact resume"),

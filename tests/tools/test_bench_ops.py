@@ -1,5 +1,5 @@
-"""``attnzoo bench-ops`` (tools/bench_ops.py): its table on the CPU, the FlexAttention mask it
-builds for each gna pattern, and its roofline accounting."""
+"""``attnzoo bench-ops`` (tools/bench_ops.py, gna's cases in tools/bench_ops_gna.py): its table on the
+CPU, the FlexAttention mask it builds for each gna pattern, and its roofline accounting."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ import torch
 
 from attnzoo.kernels import gna
 from attnzoo.kernels.gna import GNAParams
-from attnzoo.tools import bench_ops
+from attnzoo.tools import bench_ops, bench_ops_gna
 
 from ..kernels.gna_oracle import attended_pair_count, neighborhood
 
@@ -74,6 +74,23 @@ def test_forward_only_and_bad_arguments(capsys):
     assert status == 2 and "--iters" in err
     with pytest.raises(SystemExit):
         _run(["--backends", "natten"], capsys)
+    with pytest.raises(SystemExit):
+        _run(["--ops", "gna,halo"], capsys)
+
+
+def test_each_op_gets_its_own_table(capsys):
+    """Every op's small set runs on the CPU through the same driver: one table per op, headed by
+    the op's name, rows for each of its small cases."""
+    modules = bench_ops.op_modules()
+    argv = ["--small", "--device", "cpu", "--backends", "reference", "--no-backward", "--iters", "1", "--warmup", "0"]
+    status, out, _ = _run(argv, capsys)
+    assert status == 0
+    for op, module in modules.items():
+        assert f"### {op}" in out
+        section = out.split(f"### {op}")[1].split("### ")[0]
+        _, rows = _table(section)
+        assert [r["case"] for r in rows] == list(module.SMALL_CASES)
+        assert all(_is_number(r["reference ms"]) for r in rows)
 
 
 PATTERNS = [
@@ -93,7 +110,7 @@ def test_flex_mask_and_bias_are_the_gna_pattern(pattern):
     params = GNAParams(spatial, kernel, stride, dilation, causal)
     heads = 2
     rpb = torch.randn(heads, *(2 * k - 1 for k in kernel), dtype=torch.float64)
-    mask_mod, score_mod = bench_ops.flex_mods(params, rpb)
+    mask_mod, score_mod = bench_ops_gna.flex_mods(params, rpb)
     n = math.prod(spatial)
     q_idx = torch.arange(n).view(n, 1)
     kv_idx = torch.arange(n).view(1, n)
@@ -107,11 +124,11 @@ def test_flex_mask_and_bias_are_the_gna_pattern(pattern):
 
 def test_flex_attention_with_those_mods_matches_gna():
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    case = bench_ops.SMALL_CASES["small-dinat-16-k3-d4"]
-    q, k, v, rpb, _ = bench_ops._inputs(case, torch.device("cpu"), torch.float32, backward=False)
-    mask_mod, score_mod = bench_ops.flex_mods(case.params, rpb)
+    case = bench_ops_gna.SMALL_CASES["small-dinat-16-k3-d4"]
+    q, k, v, rpb, _ = bench_ops_gna._inputs(case, torch.device("cpu"), torch.float32, backward=False)
+    mask_mod, score_mod = bench_ops_gna.flex_mods(case.params, rpb)
     block_mask = flex.create_block_mask(mask_mod, None, None, case.tokens, case.tokens, device="cpu")
-    flat = [bench_ops._flat(t, case) for t in (q, k, v)]
+    flat = [bench_ops_gna._flat(t, case) for t in (q, k, v)]
     with warnings.catch_warnings():  # eager flex_attention asks for torch.compile (once per process)
         warnings.simplefilter("ignore", UserWarning)
         out = flex.flex_attention(*flat, score_mod=score_mod, block_mask=block_mask)
@@ -121,13 +138,13 @@ def test_flex_attention_with_those_mods_matches_gna():
 
 
 def test_roofline_accounting():
-    case = bench_ops.SMALL_CASES["small-blocked-8-k4"]  # 8x8, 4x4 blocks, B 1, H 2, d 16, no rpb
+    case = bench_ops_gna.SMALL_CASES["small-blocked-8-k4"]  # 8x8, 4x4 blocks, B 1, H 2, d 16, no rpb
     pairs = attended_pair_count(case.spatial, case.kernel_size, case.stride, case.dilation, case.is_causal)
     assert pairs == 64 * 16  # every query sees its 16-position block
-    assert bench_ops.attention_flops(case, backward=False) == 2 * 2 * pairs * (16 + 16)
-    assert bench_ops.attention_flops(case, backward=True) == 2 * 2 * pairs * (2 * 16 + 5 * 16)
+    assert bench_ops_gna.attention_flops(case, backward=False) == 2 * 2 * pairs * (16 + 16)
+    assert bench_ops_gna.attention_flops(case, backward=True) == 2 * 2 * pairs * (2 * 16 + 5 * 16)
     act = 1 * 64 * 2 * 16 * 2  # one fp16 [B, N, H, D] tensor in bytes
     lse = 1 * 64 * 2 * 4
-    assert bench_ops.min_bytes(case, 2, backward=False) == 4 * act  # q, k, v in, out
+    assert bench_ops_gna.min_bytes(case, 2, backward=False) == 4 * act  # q, k, v in, out
     # + lse out; q, k, v, out, dout, lse in; dq, dk, dv out
-    assert bench_ops.min_bytes(case, 2, backward=True) == 4 * act + lse + 5 * act + lse + 3 * act
+    assert bench_ops_gna.min_bytes(case, 2, backward=True) == 4 * act + lse + 5 * act + lse + 3 * act
