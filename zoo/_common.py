@@ -1,6 +1,7 @@
 """Small pieces every family file shares (timm conventions)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,13 +53,32 @@ class StagedModel(nn.Module):
     """Base of every family's model: a ``stem`` and ``stages`` (each with ``grad_checkpointing``),
     parameters named ``stem.*`` / ``stages.<i>.*``. Gives timm's ``set_grad_checkpointing`` and
     ``group_matcher`` (coarse: one group per stage; fine: the family's ``fine_groups``, timm's
-    ``(regex, suffix)`` pairs). ``attnzoo.mm`` freezes stages through the coarse groups."""
+    ``(regex, suffix)`` pairs) and ``reset_classifier`` (the head on the model's device and dtype;
+    the family builds it in ``_reset_head``). ``attnzoo.mm`` freezes stages through the coarse groups."""
 
     fine_groups: Tuple[Tuple[str, Optional[Tuple[int, ...]]], ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, in_chans: int) -> None:
         super().__init__()
+        self.in_chans = in_chans
         self.register_forward_pre_hook(_check_images)
+
+    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
+        """The family's part of ``reset_classifier``: set ``num_classes`` / the pooling and build ``head``."""
+        raise NotImplementedError
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """timm's: a new classifier for ``num_classes`` (0: none, the pooled features come out), the
+        pooling kept unless ``global_pool`` is given ('avg', or '' for the feature map). The new head
+        is built on the model's device and in its dtype, as timm's models do (a model on 'meta'
+        stays there, a float64 model gets a float64 head) and in the model's train / eval mode."""
+        ref = next(self.parameters(), None)
+        with torch.device(ref.device) if ref is not None else contextlib.nullcontext():
+            self._reset_head(num_classes, global_pool)
+        if ref is not None:
+            self.head.to(dtype=ref.dtype)
+        self.head.train(self.training)  # a fresh module would be in train mode
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

@@ -158,7 +158,7 @@ class BiFormer(StagedModel):
         drop_path_rate: float = 0.0,
         backend: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans)
         num_stages = len(depths)
         if len(embed_dims) != num_stages or len(topks) != num_stages:
             raise ValueError(f"embed_dims {embed_dims} and topks {topks} must have one entry per stage of depths {depths}")
@@ -203,7 +203,7 @@ class BiFormer(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes

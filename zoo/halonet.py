@@ -216,7 +216,7 @@ class HaloNet(StagedModel):
         zero_init_last: bool = False,
         backend: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans)
         check_global_pool(global_pool)
         n = len(cfg.layout)
         if not (len(cfg.widths) == len(cfg.strides) == len(cfg.bottle_ratio) == len(cfg.num_heads) == n):
@@ -323,7 +323,7 @@ class HaloNet(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes

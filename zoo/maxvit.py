@@ -171,7 +171,7 @@ class MaxViT(StagedModel):
         drop_path_rate: float = 0.0,
         backend: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans)
         check_global_pool(global_pool)
         if len(embed_dims) != len(depths):
             raise ValueError(f"embed_dims {embed_dims} and depths {depths} must have the same length")
@@ -255,7 +255,7 @@ class MaxViT(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes

@@ -211,7 +211,7 @@ class SHViT(StagedModel):
         residual_bn_init: float = 1e-5,
         backend: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans)
         num_stages = len(depths)
         if not (len(embed_dims) == len(partial_dims) == len(qk_dims) == len(attention) == num_stages):
             raise ValueError(
@@ -258,13 +258,12 @@ class SHViT(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.head.l if isinstance(self.head, NormLinear) else self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             check_global_pool(global_pool)
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.train(self.training)  # a new BatchNorm1d in train mode would refuse a batch of one in eval
 
     def forward_intermediates(
         self,

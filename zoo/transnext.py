@@ -167,7 +167,7 @@ class TransNeXt(StagedModel):
         drop_path_rate: float = 0.0,
         backend: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans)
         check_global_pool(global_pool)
         num_stages = len(depths)
         if not all(len(s) == num_stages for s in (embed_dims, num_heads, mlp_ratios, sr_ratios)):
@@ -227,7 +227,7 @@ class TransNeXt(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes

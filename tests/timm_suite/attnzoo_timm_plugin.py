@@ -43,12 +43,7 @@ EXCLUDED = {
 }
 
 # timm test function -> the attnzoo gap it shows (strict xfail until closed).
-PENDING = {
-    "test_model_default_cfgs": (
-        "the model API contract: models have no `in_chans` attribute, and reset_classifier() builds the new head "
-        "on the default device / dtype instead of the model's (timm checks it on 'meta' in float64); both go into "
-        "zoo/_common.StagedModel with the shared timm methods (issue 13)"),
-}
+PENDING: dict = {}
 
 SLOW = frozenset(n for n in os.environ.get("ATTNZOO_TIMM_SLOW", "").split(",") if n)
 

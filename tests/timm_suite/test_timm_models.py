@@ -101,7 +101,7 @@ def _check(results, name):
 @pytest.mark.parametrize("name", SMALLEST)
 def test_timm_model_tests_pass(ci_results, name):
     passed = _check(ci_results, name)
-    assert {"test_model_forward", "test_model_backward", "test_model_forward_features"} <= passed
+    assert {"test_model_forward", "test_model_backward", "test_model_forward_features", "test_model_default_cfgs"} <= passed
 
 
 @pytest.mark.extended
