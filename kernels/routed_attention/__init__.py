@@ -7,6 +7,7 @@ definition.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -22,8 +23,8 @@ __all__ = [
 ]
 
 routed_attention_op = Op("routed_attention", _routed_reference)
-"""The dispatcher of routed_attention; a Triton backend registers here with
-``routed_attention_op.register('triton', ...)``."""
+"""The dispatcher of routed_attention: the reference and the fused Triton kernels (``triton.py``,
+registered at the end of this module)."""
 
 
 def routed_attention_flops(
@@ -78,7 +79,8 @@ def routed_attention(
         index: optional ``[B, S*S, topk]`` int64/int32 routed region ids (distinct per row, in
             ``[0, S*S)``), e.g. from ``route_regions`` or shared between calls; computed from q and
             k when None.
-        backend: None (best available) or 'reference' (see ``attnzoo.kernels``).
+        backend: None (best available), 'reference' or 'triton' (fused kernels: CUDA, fp16 / bf16 /
+            fp32, head_dim and v_dim multiples of 8 in [16, 128]; see ``attnzoo.kernels``).
 
     Returns:
         ``[B, H, W, heads, v_dim]`` in the dtype of q.
@@ -91,3 +93,25 @@ def routed_attention(
         lambda: routed_attention_flops(params, q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1], routed),
         impl, q, k, v, params, scale, index,
     )
+
+
+def _load_triton():
+    from .triton import routed_triton
+
+    return routed_triton
+
+
+def _check_triton(q, k, v, params, scale, index):
+    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
+    for inputs it could never take: CPU tensors outside Triton's interpreter."""
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
+                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
+    try:
+        from .triton import can_run_triton
+    except ImportError as exc:
+        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
+    return can_run_triton(q, k, v, params, scale, index)
+
+
+routed_attention_op.register("triton", _load_triton, _check_triton)

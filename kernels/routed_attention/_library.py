@@ -1,0 +1,72 @@
+"""routed_attention's fused Triton kernels as ``torch.library`` custom ops: ``attnzoo::routed_fwd``
+(returns the output and the base-2 logsumexp the backward needs) and ``attnzoo::routed_bwd``, with
+fake (meta) implementations and the autograd formula that ties them together.
+
+``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
+and ``torch.library.opcheck`` tests them (tests/kernels/test_routed_attention_triton.py). The
+routing index is an input (routing itself stays in PyTorch, traced around the op) and gets no
+gradient. The ops are defined here, not in ``triton.py``, so that rebuilding the kernels
+(``importlib.reload`` of that module for Triton's interpreter) does not register them twice; they
+look the kernels up at call time. Importing this module does not import triton.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ._params import RoutedParams
+
+__all__ = ["routed_fused"]
+
+
+def _kernels():
+    from . import triton  # noqa: F401  (the module object survives importlib.reload)
+
+    return sys.modules[__package__ + ".triton"]
+
+
+@torch.library.custom_op("attnzoo::routed_fwd", mutates_args=())
+def routed_fwd(q: Tensor, k: Tensor, v: Tensor, index: Tensor, num_regions: int, scale: float) -> Tuple[Tensor, Tensor]:
+    return _kernels().routed_forward(q, k, v, index, num_regions, scale)
+
+
+@routed_fwd.register_fake
+def _routed_fwd_fake(q, k, v, index, num_regions, scale):
+    return v.new_empty(v.shape, dtype=q.dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("attnzoo::routed_bwd", mutates_args=())
+def routed_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, index: Tensor, out: Tensor, lse: Tensor,
+               num_regions: int, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    return _kernels().routed_backward(grad_out, q, k, v, index, out, lse, num_regions, scale)
+
+
+@routed_bwd.register_fake
+def _routed_bwd_fake(grad_out, q, k, v, index, out, lse, num_regions, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, index, num_regions, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, index, out, lse)
+    ctx.pattern = (num_regions, scale)
+
+
+def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+    q, k, v, index, out, lse = ctx.saved_tensors
+    dq, dk, dv = routed_bwd(grad_out, q, k, v, index, out, lse, *ctx.pattern)
+    return dq, dk, dv, None, None, None
+
+
+routed_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def routed_fused(q: Tensor, k: Tensor, v: Tensor, index: Tensor, params: RoutedParams, scale: float) -> Tensor:
+    """routed_attention through the custom op (inputs validated by ``check_routed_inputs``, index
+    ``[B, S*S, topk]`` int64)."""
+    out, _ = routed_fwd(q, k, v, index, params.num_regions, float(scale))
+    return out
