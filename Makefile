@@ -1,6 +1,6 @@
 # attnzoo: two commands, each does its own set-up on a fresh machine.
 #   make bench   benchmark every registered model (attnzoo bench), BENCH_ARGS='...' to pass options
-#   make test    run the test suite (python -m pytest -q), PYTEST_ARGS='...' to pass options;
+#   make test    run the test suite (python -m pytest -q -n 2), PYTEST_ARGS='...' to pass options;
 #                also installs MMDetection / MMSegmentation and builds mmcv once (setup-mm)
 # Set-up creates .venv (python3 -m venv) and installs attnzoo editable with the pinned versions
 # in .ci/constraints.txt; it is redone only when pyproject.toml or the constraints change.
@@ -16,6 +16,9 @@ TIMM_SRC := $(VENV)/timm-src
 TIMM_TESTS := $(TIMM_SRC)/timm-$(TIMM_VERSION)/tests/test_models.py
 PIP_FLAGS ?= -qq --disable-pip-version-check --progress-bar off
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, whole files per worker (module fixtures such as timm's suite run once);
+# each worker's torch uses one thread (tests/conftest.py). PYTEST_WORKERS= runs in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := bench
@@ -27,7 +30,7 @@ bench: setup
 # ATTNZOO_REQUIRE_MM=1: with OpenMMLab installed by setup-mm, its tests must run, not skip;
 # ATTNZOO_REQUIRE_TIMM_TESTS=1: likewise timm's suite, unpacked by setup-timm-tests.
 test: setup setup-mm setup-timm-tests
-	ATTNZOO_REQUIRE_MM=1 ATTNZOO_REQUIRE_TIMM_TESTS=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+	ATTNZOO_REQUIRE_MM=1 ATTNZOO_REQUIRE_TIMM_TESTS=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 setup: $(STAMP)
 

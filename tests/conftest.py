@@ -14,6 +14,15 @@ import re
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one intra-op thread per xdist worker: `make test` runs one worker per core, and small test
+        # shapes gain nothing from a second thread that would compete with the other worker
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _extended_requested(config: pytest.Config) -> bool:
     if os.environ.get("ATTNZOO_EXTENDED", "") == "1":
         return True
