@@ -13,6 +13,7 @@ whose output reaches the op already evaluated as ``pool_bias: [heads, H * W, P]`
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -91,7 +92,7 @@ def aggregated_attention(
             added to the local attention weights (None: zero).
         learnable_bias: ``[heads, window_size ** 2]`` added to the local weights (None: zero).
         window_size: odd side of the local window (default 3).
-        backend: None (best available) or 'reference' (see ``attnzoo.kernels``).
+        backend: None (best available), 'reference' or 'triton' (see ``attnzoo.kernels``).
 
     All tensors share q's device; the activations (q, k, v, k_pool, v_pool) share q's dtype, and the
     small learned tensors are cast to it (fp32 parameters under autocast). Returns ``[B, H, W, heads, v_dim]`` in q's dtype.
@@ -122,7 +123,7 @@ def length_scaled_attention(
         v: ``[B, H, W, heads, v_dim]``.
         query_embedding: ``[heads, head_dim]``; temperature: ``[heads]`` (raw).
         bias: ``[heads, H * W, H * W]`` position bias (None: zero).
-        backend: None (best available) or 'reference'.
+        backend: None (best available), 'reference' or 'triton'.
 
     Returns ``[B, H, W, heads, v_dim]`` in q's dtype.
     """
@@ -134,3 +135,30 @@ def length_scaled_attention(
     params = check_aggregated_inputs(q, None, None, k_flat, v_flat, bias, None, query_embedding, temperature,
                                      None, None, None)
     return _run(q, None, None, k_flat, v_flat, bias, None, query_embedding, temperature, None, None, params, backend)
+
+
+def _load_triton():
+    from .triton import aggregated_triton
+
+    return aggregated_triton
+
+
+def _check_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
+                  learnable_bias, params):
+    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
+    for inputs it could never take: CPU tensors outside Triton's interpreter. Serves both public
+    functions: ``length_scaled_attention`` (``window_size=None``) is not a dense SDPA call here but
+    the same op without the local branch, and the kernels run it (no local slots, ``k_pool, v_pool``
+    = the full-resolution keys and values)."""
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
+                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
+    try:
+        from .triton import can_run_triton
+    except ImportError as exc:
+        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
+    return can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
+                          learnable_tokens, learnable_bias, params)
+
+
+aggregated_attention_op.register("triton", _load_triton, _check_triton)

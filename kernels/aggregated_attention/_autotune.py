@@ -1,0 +1,149 @@
+"""Tile configurations of the aggregated_attention Triton kernels: the autotune search space, its
+pruning rule, the untuned default and the interpreter's fixed tile.
+
+Meta-parameters (``triton.py``): ``BLOCK_M`` query (or, in the ``bwd_k`` kernel, key) positions
+per program, ``BLOCK_P`` pooled keys per inner step (``fwd`` and ``bwd_q`` only), ``num_warps``
+and ``num_stages``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import List, Sequence
+
+import triton
+
+__all__ = ["MIN_BLOCK_M", "configs", "prune", "default_config", "interpreter_config", "should_tune",
+           "autotune_enabled", "size_bucket", "tuned"]
+
+MIN_BLOCK_M = 16
+"""The smallest BLOCK_M of any config (the interpreter's): sizes the backward's partial-sum rows."""
+
+# Search axis 1, positions per program, preferred first: 64 rows of head_dim <= 64 fit the
+# registers of 4 warps with the [BLOCK_M, BLOCK_P] score tile; 32 for large head dims, 128 to
+# amortise the pooled keys' loads (each program reloads all P of them) on large maps.
+_BLOCK_M = (64, 32, 128)
+# Search axis 2, pooled keys per step: TransNeXt pools to P = 49 at 224 px (7x7), 256 at 512 px
+# (16x16), 950 at 800x1216 (25x38); 64 covers 49 in one step, 32 wastes fewer lanes at 16 < P <= 32.
+_BLOCK_P = (64, 32, 16)
+_WARPS = (4, 8)
+# Pipeline stages of the pooled loop's loads; the local slots are gathers, unpipelined.
+_STAGES = (2, 1)
+# Register budget used in pruning: float32 tile elements per thread (of 255 32-bit registers).
+_REGS_PER_THREAD = 160
+# Problems with fewer (batch * heads * positions) are launch-bound: not tuned (a compile per config).
+_TUNE_MIN_ROWS = 2**18
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@functools.lru_cache(maxsize=None)
+def configs(which: str) -> tuple:
+    """The full search space of kernel ``which`` ('fwd', 'bwd_q' or 'bwd_k'), before pruning.
+    The backward kernels run with one stage: their loops also carry atomics (bwd_q) or only
+    gathers (bwd_k), which software pipelining does not help."""
+    out = []
+    for m in _BLOCK_M:
+        for p in (_BLOCK_P if which != "bwd_k" else (None,)):
+            for w in _WARPS:
+                for s in (_STAGES if which == "fwd" else (1,)):
+                    meta = dict(BLOCK_M=m) if p is None else dict(BLOCK_M=m, BLOCK_P=p)
+                    out.append(triton.Config(meta, num_warps=w, num_stages=s))
+    return tuple(out)
+
+
+def _live_tiles(which: str, m: int, p: int, d: int, dv: int, l: int) -> int:
+    """float32 elements a program keeps live at once (rough): per kernel, the [BLOCK_M, *] rows
+    (queries, s, accumulators), the score tiles and the pooled key / value block."""
+    if which == "fwd":
+        return 2 * m * d + 2 * m * dv + m * l + 2 * m * p + p * (d + dv)
+    if which == "bwd_q":
+        return 6 * m * d + 2 * m * dv + 2 * m * l + 4 * m * p + 2 * p * (d + dv)
+    return 4 * m * d + 3 * m * dv
+
+
+def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[triton.Config]:
+    """Drop the configs that cannot win on this problem:
+
+    * ``BLOCK_P`` above the pooled length rounded up to a power of two (masked lanes only), and
+      ``BLOCK_M`` above the map's positions rounded likewise;
+    * configs whose live float32 tiles exceed ``_REGS_PER_THREAD`` per thread (spills);
+    * 8 warps on fewer than 64 x 64 score elements (idle warps).
+
+    When nothing survives (tiny inputs), the configs with the fewest lanes stay.
+    """
+    args = {**named_args, **kwargs}
+    n = args["HH"] * args["WW"]
+    pool = args["P"]
+    d, dv = _pow2(args["D"]), _pow2(args["DV"])
+    l = _pow2(args["WS"] ** 2)
+    which = "bwd_k" if "LOCAL" not in args else ("bwd_q" if "PB_GRAD" in args else "fwd")
+
+    def usable(c: triton.Config) -> bool:
+        m, p = c.kwargs["BLOCK_M"], c.kwargs.get("BLOCK_P", 16)
+        if m > _pow2(n) or p > _pow2(pool):
+            return False
+        if _live_tiles(which, m, p, d, dv, l) > _REGS_PER_THREAD * 32 * c.num_warps:
+            return False
+        return not (c.num_warps == 8 and m * max(p, d) < 64 * 64)
+
+    kept = [c for c in configs if usable(c)]
+    if kept:
+        return kept
+    fewest = min(c.kwargs["BLOCK_M"] * c.kwargs.get("BLOCK_P", 1) for c in configs)
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs.get("BLOCK_P", 1) == fewest and c.num_warps == 4]
+
+
+def autotune_enabled() -> bool:
+    """``ATTNZOO_AGGREGATED_AUTOTUNE=0`` turns autotuning off (every launch takes ``default_config``)."""
+    return os.environ.get("ATTNZOO_AGGREGATED_AUTOTUNE", "1").strip() != "0"
+
+
+def should_tune(rows: int) -> bool:
+    """Whether a launch over ``rows`` = batch * heads * positions goes through the autotuner."""
+    return autotune_enabled() and rows >= _TUNE_MIN_ROWS
+
+
+def default_config(which: str, named_args: dict) -> dict:
+    """The untuned choice: the first config that survives pruning (preferred shapes first)."""
+    config = prune(configs(which), {}, **named_args)[0]
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def interpreter_config(which: str) -> dict:
+    """Under TRITON_INTERPRET=1 (no timing possible, every tl op a numpy call): 16 x 16 tiles."""
+    meta = dict(BLOCK_M=MIN_BLOCK_M, num_warps=1, num_stages=1)
+    if which != "bwd_k":
+        meta["BLOCK_P"] = 16
+    return meta
+
+
+def size_bucket(positions: int, pool: int) -> int:
+    """One int for the autotune key: ceil(log2) of the positions and of P, 8 bits each."""
+    return (max(0, (positions - 1).bit_length()) << 8) | max(0, (pool - 1).bit_length())
+
+
+_KEYS = {
+    "fwd": ["size_bucket", "LOCAL", "WS", "D", "DV", "HAS_PB", "HAS_LB", "HAS_LT", "HAS_LBIAS"],
+    "bwd_q": ["size_bucket", "LOCAL", "WS", "D", "DV", "HAS_PB", "HAS_LB", "HAS_LT", "HAS_LBIAS", "PB_GRAD"],
+    "bwd_k": ["size_bucket", "WS", "D", "DV", "HAS_LB", "HAS_LT", "HAS_LBIAS"],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(which: str, kernel):
+    return triton.autotune(
+        configs=list(configs(which)),
+        key=_KEYS[which],
+        prune_configs_by={"early_config_prune": prune},
+        # bwd_q accumulates the pooled and pool_bias gradients with atomics: every timed run
+        # must start from zero
+        reset_to_zero=["DKP", "DVP", "DPB"] if which == "bwd_q" else None,
+    )(kernel)
+
+
+def tuned(which: str, kernel):
+    """The autotuned launcher of ``kernel`` ('fwd', 'bwd_q' or 'bwd_k'), built once per kernel."""
+    return _tuned(which, kernel)
