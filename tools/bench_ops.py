@@ -4,6 +4,8 @@ Every op has a case module with the same interface; this file only drives them (
 timing, the roofline, peak memory, the tables):
 
 * ``gna``: tools/bench_ops_gna.py (NA, DiNAT, MaxViT block / grid, NA1D / NA3D, blocked patterns)
+* ``routed_attention``: tools/bench_ops_routed.py (BiFormer's stages; the authors' gather path)
+* ``aggregated_attention``: tools/bench_ops_aggregated.py (TransNeXt's stages)
 
 A case module defines ``OP``; ``BACKENDS`` (the first is the one the ratio columns divide by);
 ``NOTES`` (lines for the header); ``CASES`` and ``SMALL_CASES`` (name -> case with
@@ -40,6 +42,8 @@ __all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates"]
 
 OP_MODULES = {
     "gna": "attnzoo.tools.bench_ops_gna",
+    "routed_attention": "attnzoo.tools.bench_ops_routed",
+    "aggregated_attention": "attnzoo.tools.bench_ops_aggregated",
 }
 """op name -> its case module (imported when the command runs)."""
 
