@@ -333,6 +333,7 @@ def _bwd_query_kernel(
         wgk = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)  # sum_l w_l (dO . v_l) k^_l
         wk = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)  # sum_l w_l k^_l
         tgv = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_l t_l (dO . v_l): out's learnable-token part . dO
+        s_k = tl.full([BLOCK_M, BLOCK_L], 0.0, tl.float32)  # s . k^_l, the logits without bias
         for l in tl.static_range(L):
             yy = y + (l // WS - R)
             xx = x + (l % WS - R)
@@ -341,6 +342,7 @@ def _bwd_query_kernel(
             k = tl.load(K + krow[:, None] * D + od[None, :], mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
             k_hat = k / tl.maximum(tl.sqrt(_row_sum(k * k)), 1e-12)[:, None]
             a = _row_sum(s * k_hat)
+            s_k = tl.where(lidx[None, :] == l, a[:, None], s_k)
             if HAS_LB:
                 a += tl.load(LB + h * L + l).to(tl.float32)
             w = tl.where(inside, tl.exp2(a * 1.4426950408889634 - lse), 0.0)
@@ -364,22 +366,27 @@ def _bwd_query_kernel(
         delta -= tgv
         ds = wgk - delta[:, None] * wk
         da_loc = w_loc * (gv_loc - delta[:, None])
+        dc_c = _row_sum(da_loc * s_k)
         tl.store(part + D + 1 + lidx, _col_sum(da_loc), mask=lidx < L)  # local_bias
         tl.store(part + D + 1 + L + lidx, _col_sum(gv_loc), mask=lidx < L)  # learnable_bias
+    else:
+        dc_c = tl.full([BLOCK_M], 0.0, tl.float32)
     tl.store(DELTA + row, delta, mask=q_ok)
 
     s_dot = s.to(Q.dtype.element_ty)
     for p0 in range(0, P, BLOCK_P):
         pp, p_ok, prow, kp_hat, vp = _pool_keys(KP, VP, b, h, NH, P, p0, od, ov, D, DV, BLOCK_P)
         kp_dot = kp_hat.to(Q.dtype.element_ty)
-        a = tl.dot(s_dot, tl.trans(kp_dot), input_precision=DOT_PRECISION)
+        s_k = tl.dot(s_dot, tl.trans(kp_dot), input_precision=DOT_PRECISION)
         valid = q_ok[:, None] & p_ok[None, :]
+        a = s_k
         if HAS_PB:
             pb_off = (h * N + m).to(tl.int64)[:, None] * P + pp[None, :]
             a += tl.load(PB + pb_off, mask=valid, other=0.0).to(tl.float32)
         w = tl.where(valid, tl.exp2(a * 1.4426950408889634 - lse[:, None]), 0.0)
         dw = tl.dot(do, tl.trans(vp), input_precision=DOT_PRECISION)
         da = w * (dw - delta[:, None])
+        dc_c += _row_sum(da * s_k)
         ds += tl.dot(da.to(kp_dot.dtype), kp_dot, input_precision=DOT_PRECISION)
         dkp = tl.dot(tl.trans(da.to(s_dot.dtype)), s_dot, input_precision=DOT_PRECISION)  # d k_pool^ [P, D]
         tl.atomic_add(DKP + prow[:, None] * D + od[None, :], dkp, mask=p_ok[:, None] & dmask[None, :])
@@ -388,12 +395,14 @@ def _bwd_query_kernel(
         if PB_GRAD:
             tl.atomic_add(DPB + pb_off, da, mask=valid)
 
-    # s = (q^ + qe) c: d qe = sum_n c ds, d c = ds . (q^ + qe), d softplus(T) = sum_n d c log(L_n + P)
+    # s = (q^ + qe) c: d qe = sum_n c ds; d c = ds . (q^ + qe) = sum_j dS_j (s . k^_j) / c, and
+    # d T = sum_n d c log(L_n + P) sigmoid(T) = sigmoid(T) / softplus(T) sum_n sum_j dS_j (s . k^_j).
+    # The last form (dc_c, from float32 dS and logits) avoids ds, whose float16-rounded dS terms
+    # cancel in the temperature's gradient (10x its error on bias-free float16 inputs).
     tl.store(part + od, _col_sum(ds * c[:, None]), mask=dmask)
     temp = tl.load(TEMP + h).to(tl.float32)
-    dc = _row_sum(ds * (q_hat + qe[None, :]))
     sigmoid = 1.0 / (1.0 + tl.exp(-temp))
-    tl.store(part + D, tl.reduce(dc * (c / _softplus(temp)), 0, tl.standard._sum_combine) * sigmoid)
+    tl.store(part + D, tl.reduce(dc_c, 0, tl.standard._sum_combine) * sigmoid / _softplus(temp))
     dq_hat += ds * c[:, None]
     # through q^ = q / max(||q||, eps)
     radial = tl.where(qn > 1e-12, _row_sum(q_hat * dq_hat), 0.0)

@@ -48,13 +48,18 @@ def _backend_env(monkeypatch):
 # interpreter cases below: 1.2e-7 (output) / 7e-7 (worst gradient, query_embedding's).
 # float16: s, the normalised pooled keys, the softmax weights and dS are rounded to float16 for
 # the tl.dot products (as in FlashAttention), delta uses the float16 output; measured maxima
-# 2.3e-4 / 1.2e-3 (temperature's gradient, a sum over every query of terms that cancel).
+# 2.3e-4 / 1.2e-3 (all gradients but temperature's, see TEMPERATURE_TOL).
 # bfloat16 (GPU only): 8x float16 for its 3 fewer mantissa bits, not measured here.
 REL_TOL = {
     torch.float32: (1e-5, 1e-5),
     torch.float16: (1e-3, 5e-3),
     torch.bfloat16: (8e-3, 4e-2),
 }
+# temperature's gradient is one number per head, a sum over every (query, key) pair of
+# dS * logit whose terms cancel; in float16 the logits carry the rounding of s and k^ to float16
+# (tensor-core operands): measured up to 5.6e-3 on the bias-free length-scaled 3x4 case (one head,
+# 12 queries), 1.8e-3 elsewhere.
+TEMPERATURE_TOL = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1.6e-1}
 
 NAMES = ("q", "k", "v", "k_pool", "v_pool", "query_embedding", "temperature", "pool_bias", "local_bias",
          "learnable_tokens", "learnable_bias")
@@ -132,7 +137,9 @@ def compare(case: Case, dtype: torch.dtype, seed: int, small_dtype: Optional[tor
 
     out_tol, grad_tol = REL_TOL[dtype]
     errors = {n: rel_error(a, b) for n, a, b in zip(("out", *names), got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
+    bound = dict.fromkeys(errors, grad_tol)
+    bound.update(out=out_tol, temperature=TEMPERATURE_TOL[dtype])
+    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= bound[n]}
     assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
     return errors
 
