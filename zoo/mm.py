@@ -172,8 +172,9 @@ class AttnZooBackbone(BaseModule):
             return []
         modules = []
         for name, module in self.model.named_children():
-            for child_name, child in ([(name, module)] if not isinstance(module, (nn.Sequential, nn.ModuleList)) else
-                                      [(f"{name}.{i}", c) for i, c in enumerate(module)]):
+            whole = (not isinstance(module, (nn.Sequential, nn.ModuleList))
+                     or _stage_of(name + ".", self._stem_re, self._blocks_re) == -1)  # a Sequential stem
+            for child_name, child in ([(name, module)] if whole else [(f"{name}.{i}", c) for i, c in enumerate(module)]):
                 stage = _stage_of(child_name + ".", self._stem_re, self._blocks_re)
                 if stage is not None and stage < self.frozen_stages:
                     modules.append(child)
