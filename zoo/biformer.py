@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers.biformer_attn import AttentionLePE2d, BiLevelRoutingAttention2d
 from attnzoo.layers.davit_attn import ConvPosEnc
@@ -141,6 +140,10 @@ class BiFormer(StagedModel):
         (r"^stages\.(\d+)\.blocks\.(\d+)", None),
         (r"^norm", (99999,)),
     )
+    # StagedModel's forward_* / prune / head: channels-last stages, NCHW features after the final
+    # BatchNorm, as upstream
+    _stage_fmt = "NHWC"
+    _norm_fmt = "NCHW"
 
     def __init__(
         self,
@@ -198,78 +201,6 @@ class BiFormer(StagedModel):
         """Nothing beyond the 1-D parameters timm's optimizer factory already exempts: BiFormer has
         no position tables (upstream names 'pos_embed' and 'cls_token', which match no parameter)."""
         return set()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
-        if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool)
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _final_norm(self, x_nhwc: torch.Tensor) -> torch.Tensor:
-        return self.norm(x_nhwc.permute(0, 3, 1, 2))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Stage outputs (strides 4, 8, 16, 32) for ``indices`` (timm semantics), NCHW or NHWC.
-        ``norm`` applies the final BatchNorm to the last stage's output."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self._final_norm(x) if norm and i == last else x.permute(0, 3, 1, 2)
-                intermediates.append(y.contiguous() if output_fmt == "NCHW" else y.permute(0, 2, 3, 1))
-        if intermediates_only:
-            return intermediates
-        x = self._final_norm(x) if len(stages) == len(self.stages) else x.permute(0, 3, 1, 2)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:  # the final norm and the head are sized for the last stage
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NCHW features of the last stage after the final BatchNorm, as upstream."""
-        return self._final_norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """NCHW features -> logits (pooled); with ``global_pool=''`` the classifier acts on every
-        position of the map and the result stays NCHW."""
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        if pre_logits:
-            return x
-        if self.global_pool != "avg":  # the NCHW map (static: FX and compile see no shape-dependent branch)
-            return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- checkpoint conversion ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_notrace_function
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
 
@@ -158,6 +157,10 @@ class DaViT(StagedModel):
         (r"^stages\.(\d+)\.blocks\.(\d+)", None),
         (r"^head\.norm", (99999,)),
     )
+    # StagedModel's forward_* / prune / head: channels-last stages, NCHW features as timm's DaVit;
+    # the LayerNorm follows the pooling (in the head), so norm=True changes nothing, as in timm
+    _stage_fmt = "NHWC"
+    _head_pools = True
 
     def __init__(
         self,
@@ -213,64 +216,18 @@ class DaViT(StagedModel):
         position tables, and timm's DaVit declares none, so training matches timm's."""
         return set()
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
     def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.head.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Stage outputs (strides 4, 8, 16, 32) for ``indices`` (timm semantics), NCHW or NHWC.
-        DaViT has no norm between the last stage and the head (its LayerNorm follows the pooling),
-        so ``norm`` changes nothing, as in timm."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x)
-        if intermediates_only:
-            return intermediates
-        return x.permute(0, 3, 1, 2), intermediates  # the forward_features layout
+    def _prune_norm(self) -> None:
+        self.head.norm = nn.Identity()  # the final norm belongs to the head
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:
-            # the head's norm is sized for the last stage; the features now end earlier
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_norm or prune_head or prune_end:
-            self.head.norm = nn.Identity()  # the final norm belongs to the head (it follows the pooling)
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NCHW features of the last stage, as timm's DaVit (channels-last inside)."""
-        return self.stages(self.stem(x)).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _prune_head(self) -> None:
+        self._prune_norm()  # the head goes with its norm
+        super()._prune_head()
 
 
 # --- checkpoint conversion ---------------------------------------------------------------------

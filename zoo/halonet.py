@@ -29,14 +29,13 @@ import math
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 import timm
 from timm.layers import BatchNormAct2d, ConvNormAct, DropPath, get_act_layer, get_attn, make_divisible
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers.halo_attn import HaloAttention2d
 
@@ -205,6 +204,11 @@ class HaloNetConfig:
 class HaloNet(StagedModel):
     """HaloNet backbone with a classification head (timm model conventions)."""
 
+    # StagedModel's forward_* / prune / head, as timm's ByobNet: NCHW, feature 0 is the stem's
+    # stride-2 convolution, the last feature is taken after final_conv; no final norm
+    _stem_feature = True
+    _head_pools = True
+
     def __init__(
         self,
         cfg: HaloNetConfig,
@@ -319,71 +323,20 @@ class HaloNet(StagedModel):
             ],
         )
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
     def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head = ClassifierHead(self.num_features, num_classes, self.global_pool, self.drop_rate)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Feature maps for ``indices`` (timm semantics, as timm's ByobNet: 0 is the stem's last
-        convolution at stride 2, 1-4 the stages), NCHW or NHWC. The last stage's feature is taken
-        after ``final_conv`` (as timm's); there is no final norm, so ``norm`` changes nothing."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        intermediates = []
+    def _forward_stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.stem.forward_with_feature(x)
 
-        def keep(y):
-            intermediates.append(y if output_fmt == "NCHW" else y.permute(0, 2, 3, 1))
+    def _after_last_stage(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_conv(x)
 
-        feature, x = self.stem.forward_with_feature(x)
-        if 0 in take_indices:
-            keep(feature)
-        last = len(self.stages)
-        stages = self.stages if not stop_early else self.stages[:max_index]
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if i == last:
-                x = self.final_conv(x)
-            if i in take_indices:
-                keep(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        if max_index < len(self.stages):
-            self.final_conv = nn.Identity()
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_head = True  # the head was sized for the final features
-        self.stages = self.stages[:max_index]
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NCHW features of the last stage (after ``final_conv``), as timm's ByobNet."""
-        return self.final_conv(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _prune_last(self) -> None:
+        self.final_conv = nn.Identity()  # sized for the last stage
 
 
 class ClassifierHead(nn.Module):

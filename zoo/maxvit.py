@@ -32,13 +32,12 @@ import math
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from timm.layers import BatchNormAct2d, create_conv2d, get_act_layer, resize_rel_pos_bias_table
 from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, rpb_to_timm
 from attnzoo.layers.mbconv import MBConv
@@ -148,6 +147,11 @@ class MaxViT(StagedModel):
         (r"^stages\.(\d+)\.blocks\.(\d+)", None),
         (r"^norm", (99999,)),
     )
+    # StagedModel's forward_* / prune / head: NCHW stages (features as timm's MaxxVit), the stem is
+    # feature 0 at stride 2, a final LayerNorm on channels-last (Identity where the head holds it)
+    _norm_fmt = "NHWC"
+    _stem_feature = True
+    _head_pools = True
 
     def __init__(
         self,
@@ -251,73 +255,16 @@ class MaxViT(StagedModel):
         """Full names of the relative position bias parameters (tables and bias MLPs)."""
         return {n for n, _ in self.named_parameters() if n.endswith(".relative_position_bias_table") or ".rel_pos.mlp." in n}
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
     def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Feature maps for ``indices`` (timm semantics, as timm's MaxxVit: 0 is the stem at stride 2,
-        1-4 the stages at strides 4-32), NCHW or NHWC. ``norm`` applies the final norm to the last
-        stage's output; the returned final features are NCHW, as ``forward_features``."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        intermediates = []
-
-        def keep(y):
-            intermediates.append(y if output_fmt == "NCHW" else y.permute(0, 2, 3, 1))
-
-        x = self.stem(x)
-        if 0 in take_indices:
-            keep(x)
-        last = len(self.stages)
-        stages = self.stages if not stop_early else self.stages[:max_index]
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if i in take_indices:
-                keep(self._norm_nchw(x) if norm and i == last else x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self._norm_nchw(x)
-        return x, intermediates
-
-    def _norm_nchw(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        self.stages = self.stages[:max_index]
-        if prune_norm or max_index < len(self.feature_info) - 1:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.head = ClassifierHead(self.feature_info[max_index]["num_chs"], 0, None, None, "")
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> normalised NCHW features of the last stage, as timm's MaxxVit."""
-        return self._norm_nchw(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _prune_head(self) -> None:
+        # the head's norm and pre-logits layer are sized for the last stage: a bare head instead
+        self.head = ClassifierHead(self.num_features, 0, None, None, "")
+        super()._prune_head()
 
 
 # --- checkpoint conversion ---------------------------------------------------------------------

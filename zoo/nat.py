@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers import NeighborhoodAttention2d, TransformerBlock
 
@@ -104,6 +103,8 @@ class NAT(StagedModel):
         (r"^stages\.(\d+)\.blocks\.(\d+)", None),
         (r"^norm", (99999,)),
     )
+    # StagedModel's forward_* / prune / head: channels-last stages and final LayerNorm, NHWC features
+    _stage_fmt = _norm_fmt = "NHWC"
 
     def __init__(
         self,
@@ -162,67 +163,6 @@ class NAT(StagedModel):
     def no_weight_decay(self) -> set:
         """Full names of the relative position bias tables (timm's optimizer factory matches names exactly)."""
         return {name for name, _ in self.named_parameters() if name.endswith(".rpb")}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
-        if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool)
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Stage outputs (strides 4, 8, 16, 32) for ``indices`` (timm semantics), NCHW or NHWC.
-        ``norm`` applies the final norm to the last stage's output."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> normalised NHWC features of the last stage."""
-        return self.norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- checkpoint conversion ---------------------------------------------------------------------

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
 from torch import nn
 from timm.layers import DropPath, SEModule, trunc_normal_
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers.shvit_attn import ConvNorm2d, SingleHeadAttention2d
 
@@ -194,7 +193,7 @@ class SHViT(StagedModel):
         (r"^stages\.(\d+)\.blocks\.(\d+)", None),
     )
 
-    output_fmt = "NCHW"
+    output_fmt = "NCHW"  # StagedModel's forward_* / prune / head defaults: NCHW, no final norm
 
     def __init__(
         self,
@@ -255,7 +254,7 @@ class SHViT(StagedModel):
         return set()
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
+    def get_classifier(self) -> nn.Module:  # the linear layer after the head's BatchNorm
         return self.head.l if isinstance(self.head, NormLinear) else self.head
 
     def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
@@ -264,54 +263,6 @@ class SHViT(StagedModel):
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Stage outputs (strides 16, 32, 64) for ``indices`` (timm semantics), NCHW or NHWC.
-        SHViT has no final norm, so ``norm`` changes nothing."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        pruned_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if pruned_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or pruned_end:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NCHW features of the last stage (stride 64)."""
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- checkpoint conversion ---------------------------------------------------------------------

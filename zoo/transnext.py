@@ -35,14 +35,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from attnzoo.layers.convglu import ConvolutionalGLU
 from attnzoo.layers.transnext_attn import AggregatedAttention2d, LengthScaledAttention2d
@@ -147,6 +146,9 @@ class TransNeXt(StagedModel):
         (r"^stages\.(\d+)\.blocks\.(\d+)", None),
         (r"^stages\.(\d+)\.norm", (99999,)),
     )
+    # StagedModel's forward_* / prune / head: channels-last stages, NCHW features; every stage ends
+    # with its own LayerNorm, so there is no final norm (norm=True changes nothing)
+    _stage_fmt = "NHWC"
 
     def __init__(
         self,
@@ -222,64 +224,6 @@ class TransNeXt(StagedModel):
         query_embedding, relative_pos_bias_local, cpb, temperature; timm matches names exactly)."""
         keywords = ("query_embedding", "relative_pos_bias_local", "cpb", "temperature")
         return {name for name, _ in self.named_parameters() if any(k in name for k in keywords)}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def _reset_head(self, num_classes: int, global_pool: Optional[str]) -> None:
-        if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool)
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Stage outputs (strides 4, 8, 16, 32) for ``indices`` (timm semantics), NCHW or NHWC.
-        Every stage ends with its own LayerNorm, so ``norm`` changes nothing."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x)
-        if intermediates_only:
-            return intermediates
-        return x.permute(0, 3, 1, 2), intermediates  # the forward_features layout
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if max_index < len(self.feature_info) - 1:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_head = True  # the classifier is sized for the last stage
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NCHW normalised features of the last stage (channels-last inside)."""
-        return self.stages(self.stem(x)).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --- checkpoint conversion ---------------------------------------------------------------------
