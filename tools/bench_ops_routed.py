@@ -183,6 +183,8 @@ def runner(backend: str, case: RoutedCase, device: torch.device, dtype: torch.dt
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         except ImportError as e:
             return None, f"torch {torch.__version__} has no flex_attention ({e})"
+        if backward and device.type != "cuda":
+            return None, f"FlexAttention has no backward on {device.type} (torch {torch.__version__})"
         q, k, v, grad = (region_major(t, s) for t in (q, k, v, grad))
         regions = s * s
         rh, rw = case.params.region_size

@@ -42,15 +42,16 @@ def _backend_env(monkeypatch):
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
-# float32: float32 arithmetic with IEEE dot products (no TF32); measured maxima over CASES and
-# the hypothesis sweep (60 cases): 3.5e-7 / 6.0e-7. float16: P and dS are rounded to float16 for
-# the P V, dS K and dS^T Q products and delta = rowsum(dO * O) uses the float16 O, as in
-# FlashAttention; measured maxima 2.6e-4 / 4.1e-4. bfloat16 (GPU only): 8x float16 for its 3
-# fewer mantissa bits, not measured here.
+# float32: float32 arithmetic with IEEE dot products (no TF32); measured maxima over CASES and the
+# 60-case hypothesis sweep (interpreter): 1.9e-7 / 3.6e-7 (out / worst of dq, dk, dv). float16:
+# P and dS are rounded to float16 for the P V, dS K and dS^T Q products and delta = rowsum(dO * O)
+# uses the float16 O, as in FlashAttention; measured maxima 2.7e-4 / 1.9e-3 (dq and dk of cases
+# with few keys per query, where the terms of dS cancel). bfloat16 (GPU only): 8x float16 for its
+# 3 fewer mantissa bits, not measured here.
 REL_TOL = {
-    torch.float32: (2e-6, 3e-6),
-    torch.float16: (1.5e-3, 2.5e-3),
-    torch.bfloat16: (1.2e-2, 2e-2),
+    torch.float32: (1e-6, 2e-6),
+    torch.float16: (1e-3, 6e-3),
+    torch.bfloat16: (8e-3, 5e-2),
 }
 
 
@@ -67,9 +68,9 @@ class Case:
     pad: tuple = (0, 0)  # rows, cols of zero padding at the bottom / right before a "qkv projection"
 
 
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """``||got - want|| / ||want||``."""
-    scale = want.norm()
+def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
+    """``||got - want|| / scale``, ``scale = ||want||`` unless given."""
+    scale = want.norm() if scale is None else scale
     diff = (got.double() - want).norm()
     return (diff / scale if scale > 0 else diff).item()
 
@@ -106,7 +107,12 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
     want = [want_out, *torch.autograd.grad(want_out, wide, grad_out.double())]
 
     out_tol, grad_tol = REL_TOL[dtype]
-    errors = {n: rel_error(a, b) for n, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
+    # One key per query (topk 1, 1-token regions): the softmax is constant and the q and k
+    # gradients are exactly zero up to the rounding of dP - delta (which cancels); those are
+    # measured on the scale of the v gradient instead of their own (zero) norm.
+    vanishing = case.topk * (case.h // case.num_regions) * (case.w // case.num_regions) == 1
+    errors = {n: rel_error(a, b, want[3].norm() if vanishing and n in ("dq", "dk") else None)
+              for n, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
     bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
     assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
     return errors
