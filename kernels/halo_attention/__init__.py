@@ -6,6 +6,7 @@ borders (padded keys take part in the softmax), with factorised relative logits;
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -18,7 +19,8 @@ from .reference import _halo_reference, halo_attention_reference
 __all__ = ["halo_attention", "halo_attention_reference", "halo_attention_op", "halo_attention_flops", "HaloParams"]
 
 halo_attention_op = Op("halo_attention", _halo_reference)
-"""The dispatcher of halo_attention; a Triton backend registers here with ``halo_attention_op.register('triton', ...)``."""
+"""The dispatcher of halo_attention: the reference and the fused Triton kernels (``triton.py``,
+registered at the end of this module)."""
 
 
 def halo_attention_flops(params: HaloParams, batch: int, heads: int, head_dim: int, v_dim: int) -> int:
@@ -54,7 +56,9 @@ def halo_attention(
         halo_size: keys added on each side of a block (>= 0); outside the grid they are zeros.
         query_stride: the query grid is the key grid subsampled by this (divides ``block_size``).
         scale: scale of ``q . k`` (not of the relative logits), default ``head_dim ** -0.5``.
-        backend: None (best available) or 'reference' (see ``attnzoo.kernels``).
+        backend: None (best available), 'reference' or 'triton' (fused kernels: CUDA, fp16 / bf16 /
+            fp32, head_dim and v_dim multiples of 8 in [16, 128], window ``b + 2h`` at most 64; see
+            ``attnzoo.kernels``).
 
     Returns:
         ``[B, H / query_stride, W / query_stride, heads, v_dim]`` in the dtype of q.
@@ -66,3 +70,25 @@ def halo_attention(
         lambda: halo_attention_flops(params, k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1]),
         impl, q, k, v, height_rel, width_rel, params, scale,
     )
+
+
+def _load_triton():
+    from .triton import halo_triton
+
+    return halo_triton
+
+
+def _check_triton(q, k, v, height_rel, width_rel, params, scale):
+    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
+    for inputs it could never take: CPU tensors outside Triton's interpreter."""
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
+                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
+    try:
+        from .triton import can_run_triton
+    except ImportError as exc:
+        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
+    return can_run_triton(q, k, v, height_rel, width_rel, params, scale)
+
+
+halo_attention_op.register("triton", _load_triton, _check_triton)

@@ -1,0 +1,77 @@
+"""halo_attention's fused Triton kernels as ``torch.library`` custom ops: ``attnzoo::halo_fwd``
+(returns the output and the base-2 logsumexp the backward needs) and ``attnzoo::halo_bwd`` (the
+gradients of q, k, v and both relative tables), with fake (meta) implementations and the autograd
+formula that ties them together.
+
+``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
+and ``torch.library.opcheck`` tests them (tests/kernels/test_halo_attention_triton.py). The ops
+are defined here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of
+that module for Triton's interpreter) does not register them twice; they look the kernels up at
+call time. Importing this module does not import triton.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ._params import HaloParams
+
+__all__ = ["halo_fused"]
+
+
+def _kernels():
+    from . import triton  # noqa: F401  (the module object survives importlib.reload)
+
+    return sys.modules[__package__ + ".triton"]
+
+
+@torch.library.custom_op("attnzoo::halo_fwd", mutates_args=())
+def halo_fwd(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, block_size: int, halo_size: int,
+             query_stride: int, scale: float) -> Tuple[Tensor, Tensor]:
+    return _kernels().halo_forward(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale)
+
+
+@halo_fwd.register_fake
+def _halo_fwd_fake(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale):
+    return q.new_empty((*q.shape[:4], v.shape[-1])), q.new_empty(q.shape[:4], dtype=torch.float32)
+
+
+@torch.library.custom_op("attnzoo::halo_bwd", mutates_args=())
+def halo_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, out: Tensor,
+             lse: Tensor, block_size: int, halo_size: int, query_stride: int,
+             scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().halo_backward(grad_out, q, k, v, height_rel, width_rel, out, lse, block_size, halo_size,
+                                    query_stride, scale)
+
+
+@halo_bwd.register_fake
+def _halo_bwd_fake(grad_out, q, k, v, height_rel, width_rel, out, lse, block_size, halo_size, query_stride, scale):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(height_rel),
+            torch.empty_like(width_rel))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, height_rel, width_rel, out, lse)
+    ctx.pattern = (block_size, halo_size, query_stride, scale)
+
+
+def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+    q, k, v, height_rel, width_rel, out, lse = ctx.saved_tensors
+    grads = halo_bwd(grad_out, q, k, v, height_rel, width_rel, out, lse, *ctx.pattern)
+    return (*grads, None, None, None, None)
+
+
+halo_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def halo_fused(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, params: HaloParams,
+               scale: float) -> Tensor:
+    """halo_attention through the custom op (inputs validated by ``check_halo_inputs``)."""
+    out, _ = halo_fwd(q, k, v, height_rel, width_rel, params.block_size, params.halo_size, params.query_stride,
+                      float(scale))
+    return out
