@@ -44,6 +44,7 @@ OP_MODULES = {
     "gna": "attnzoo.tools.bench_ops_gna",
     "routed_attention": "attnzoo.tools.bench_ops_routed",
     "aggregated_attention": "attnzoo.tools.bench_ops_aggregated",
+    "halo_attention": "attnzoo.tools.bench_ops_halo",
 }
 """op name -> its case module (imported when the command runs)."""
 
