@@ -137,10 +137,15 @@ def should_tune(rows: int) -> bool:
 
 
 def default_config(which: str, named_args: dict) -> dict:
-    """The untuned choice: the first config that survives pruning (own blocks smallest first,
-    then key steps narrowest first, the fewest warps and the most stages)."""
+    """The untuned choice among the configs that survive pruning: whole query blocks of up to 64
+    queries (``bwd_block_m``: each program reads its window once), key steps of 32 lanes or one
+    window row if wider (two rows of halonet's 10-14 wide windows), 4 warps, the most stages;
+    the nearest surviving config otherwise."""
     kept = prune(configs(which), {}, **named_args)
-    config = min(kept, key=lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, -c.num_stages))
+    own = bwd_block_m(named_args["BQ"])
+    inner = max(32, window_lanes(named_args["WIN"]))
+    config = min(kept, key=lambda c: (abs(c.kwargs["BLOCK_M"] - own), abs(c.kwargs["BLOCK_N"] - inner),
+                                      c.num_warps != 4, -c.num_stages))
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
