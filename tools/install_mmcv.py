@@ -8,9 +8,11 @@ current torch headers need C++20, and whose build needs ``setuptools < 70``. Thi
 1. installs nothing if an mmcv 2.1.0 whose ops load is already installed;
 2. else installs the wheel cached for this (mmcv, torch, python, CUDA) combination, if any;
 3. else downloads the sdist from the package index (hash-checked), raises its C++ standard to
-   C++20, builds a wheel against the installed torch without build isolation, with
-   ``setuptools < 70`` and ninja in a private build directory and ``MMCV_WITH_OPS=1`` (about 25
-   minutes on 2 cores), stores it in the cache and installs it.
+   C++20 and compiles without debug information (``-g0`` after Python's ``-g``: the same ``-O3``
+   code, 35-40% less compile time per file, measured on roi_align.cpp and pybind.cpp), builds a
+   wheel against the installed torch without build isolation, with ``setuptools < 70`` and ninja
+   in a private build directory and ``MMCV_WITH_OPS=1`` (about 15 minutes on 2 cores), stores it
+   in the cache and installs it.
 
 Cache: ``$ATTNZOO_WHEEL_CACHE`` or ``~/.cache/attnzoo/wheels``.
 """
@@ -35,9 +37,12 @@ MMCV_VERSION = "2.1.0"
 SDIST = f"mmcv-{MMCV_VERSION}.tar.gz"
 SDIST_SHA256 = "d387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f"
 CXX_STD = "c++20"
+# Appended to mmcv's own C++ flags, so they come after Python's ``-g -O3``: no debug information
+# (it roughly doubles the time g++ spends on torch's headers), optimisation untouched.
+EXTRA_CXX_FLAGS = ["-g0"]
 BUILD_REQUIREMENTS = ["setuptools<70", "ninja"]
 # Bump when the build recipe changes so that wheels built by an older recipe are not reused.
-RECIPE = 1
+RECIPE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +106,8 @@ def _raise_cxx_standard(setup_py: Path) -> None:
     pattern = "extra_compile_args['cxx'] = ['-std=c++17']"
     if text.count(pattern) != 1:
         raise RuntimeError(f"{setup_py}: expected exactly one {pattern!r} to raise to {CXX_STD}; the sdist changed")
-    setup_py.write_text(text.replace(pattern, f"extra_compile_args['cxx'] = ['-std={CXX_STD}']"))
+    flags = ", ".join(repr(f) for f in [f"-std={CXX_STD}", *EXTRA_CXX_FLAGS])
+    setup_py.write_text(text.replace(pattern, f"extra_compile_args['cxx'] = [{flags}]"))
 
 
 def build_wheel(out_dir: Path, jobs: Optional[int]) -> Path:

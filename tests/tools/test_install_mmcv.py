@@ -7,12 +7,12 @@ import pytest
 from attnzoo.tools import install_mmcv as im
 
 
-def test_cxx_standard_is_raised_exactly_once(tmp_path):
+def test_cxx_standard_is_raised_exactly_once_and_debug_info_dropped(tmp_path):
     setup = tmp_path / "setup.py"
     setup.write_text("if x:\n    extra_compile_args['cxx'] = ['-std=c++14']\nelse:\n    extra_compile_args['cxx'] = ['-std=c++17']\n")
     im._raise_cxx_standard(setup)
     text = setup.read_text()
-    assert "['-std=c++20']" in text and "c++17" not in text and "['-std=c++14']" in text
+    assert "['-std=c++20', '-g0']" in text and "c++17" not in text and "['-std=c++14']" in text
 
 
 @pytest.mark.parametrize("body", ["nothing to patch\n", "extra_compile_args['cxx'] = ['-std=c++17']\n" * 2])
