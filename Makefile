@@ -44,7 +44,7 @@ $(TIMM_TESTS): $(STAMP)
 	@touch $@
 
 # MMDetection / MMSegmentation for the tests of attnzoo.mm and configs/: the [mm] extra, then mmcv
-# built from source once per machine (~25 min on 2 cores; the wheel is cached in
+# built from source once per machine (7-15 min on 2 cores; the wheel is cached in
 # ~/.cache/attnzoo/wheels and reinstalled in seconds afterwards; see tools/install_mmcv.py).
 setup-mm: $(MM_STAMP)
 

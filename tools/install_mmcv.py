@@ -11,7 +11,7 @@ current torch headers need C++20, and whose build needs ``setuptools < 70``. Thi
    C++20 and compiles without debug information (``-g0`` after Python's ``-g``: the same ``-O3``
    code, 35-40% less compile time per file, measured on roi_align.cpp and pybind.cpp), builds a
    wheel against the installed torch without build isolation, with ``setuptools < 70`` and ninja
-   in a private build directory and ``MMCV_WITH_OPS=1`` (about 15 minutes on 2 cores), stores it
+   in a private build directory and ``MMCV_WITH_OPS=1`` (7 minutes on a 2-core EPYC, longer on slower cores), stores it
    in the cache and installs it.
 
 Cache: ``$ATTNZOO_WHEEL_CACHE`` or ``~/.cache/attnzoo/wheels``.
