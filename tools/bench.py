@@ -415,25 +415,48 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
-def _eager_and_compiled(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace,
-                        notes: _Footnotes, label: str) -> List[str]:
-    """[eager cell, compiled cell, compile seconds]: eager and compiled forward latency of ``model``
-    (eval, no_grad) and the wall time of the first compiled forward (trace + compile + one run)."""
-    (eager,) = time_forward([model], x, args)
-    torch._dynamo.reset()  # a fresh compile per model: no cache hits, no recompile limit
+def _compile_first_call(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace):
+    """(compiled model, seconds of its first forward: trace + compile + one run). Inductor's on-disk
+    caches are off for that call, so the time is a cold compile (a user's first run), not a cache
+    hit left by an earlier benchmark."""
     compiled = torch.compile(model, backend=args.compile_backend, mode=args.compile_mode, fullgraph=args.fullgraph)
+    import torch._inductor.config as inductor_config
+
+    cold = {"force_disable_caches": True} if hasattr(inductor_config, "force_disable_caches") else {}
+    with torch.no_grad(), inductor_config.patch(**cold):
+        start = time.perf_counter()
+        compiled(x)
+        _sync(x.device)
+    return compiled, time.perf_counter() - start
+
+
+def _eager_and_compiled(models: Sequence[Tuple[str, torch.nn.Module]], x: torch.Tensor, args: argparse.Namespace,
+                        notes: _Footnotes) -> List[List[str]]:
+    """Per (label, model): [eager cell, compiled cell, compile seconds, speed-up]. Every model is
+    compiled first; then the eager and compiled forwards of all of them are timed alternately
+    (eval, no_grad), so load that drifts during the measurement hits every column alike."""
+    torch._dynamo.reset()  # fresh compiles: no cache hits, no recompile limit carried over
+    runs, slots = [], []
+    for label, model in models:
+        try:
+            compiled, compile_s = _compile_first_call(model, x, args)
+        except Exception as e:  # reported in the table, not fatal
+            compiled, compile_s = None, f"n/a {notes.ref(f'{label}: torch.compile failed: {_first_line(e)}')}"
+        slots.append((len(runs), compile_s))
+        runs += [model] if compiled is None else [model, compiled]
     try:
-        with torch.no_grad():
-            start = time.perf_counter()
-            compiled(x)
-            _sync(x.device)
-            compile_s = time.perf_counter() - start
-        (timing,) = time_forward([compiled], x, args)
-    except Exception as e:  # reported in the table, not fatal
-        return [eager.cell(notes), f"n/a {notes.ref(f'{label}: torch.compile failed: {_first_line(e)}')}", "—"]
+        timings = time_forward(runs, x, args)
     finally:
         torch._dynamo.reset()
-    return [eager.cell(notes), timing.cell(notes), f"{compile_s:.1f}", f"{eager.median / timing.median:.2f}x"]
+    cells = []
+    for at, compile_s in slots:
+        eager = timings[at]
+        if isinstance(compile_s, str):
+            cells.append([eager.cell(notes), compile_s, "—", "—"])
+        else:
+            timing = timings[at + 1]
+            cells.append([eager.cell(notes), timing.cell(notes), f"{compile_s:.1f}", f"{eager.median / timing.median:.2f}x"])
+    return cells
 
 
 def _compiled(args: argparse.Namespace, device: torch.device, names: Sequence[str], argv: Sequence[str]) -> int:
@@ -449,8 +472,10 @@ def _compiled(args: argparse.Namespace, device: torch.device, names: Sequence[st
         f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, timm {timm.__version__}, "
         f"triton {_version('triton')}, python {platform.python_version()}",
         f"- compile: torch.compile(backend={args.compile_backend!r}, mode={mode!r}, fullgraph={args.fullgraph}); "
-        "compile (s) = wall time of the first compiled forward (trace, compile, one run); attnzoo on its default "
-        "backend dispatch; az_ models' timm twins compiled the same way",
+        "compile (s) = wall time of the first compiled forward (trace, compile, one run) with inductor's caches off; "
+        "attnzoo on its default "
+        "backend dispatch; az_ models' timm twins compiled the same way; a model's eager and compiled forwards and its "
+        "twin's are timed alternately, so load drifting during the run hits every column alike",
         f"- latency: batch {args.batch_size} at {size_text}, {args.dtype}, eval, no_grad; {_timing_rule(args)}",
     ]), end="\n\n", flush=True)
     notes = _Footnotes()
@@ -462,22 +487,25 @@ def _compiled(args: argparse.Namespace, device: torch.device, names: Sequence[st
             size = args.img_size or _registry.get_entry(name).published.img_size
             torch.manual_seed(0)
             x = torch.randn(args.batch_size, 3, size, size, device=device, dtype=dtype)
-            ours = _build_at(name, size, device).to(dtype)
-            row = [name, *_eager_and_compiled(ours, x, args, notes, name)]
-            row += ["—"] * (5 - len(row))
-            del ours
+            models = [(name, _build_at(name, size, device).to(dtype))]
             twin = timm_twin(name)
+            refused = None
+            if twin is not None:
+                try:  # timm may refuse the size (HaloNet: multiples of 8)
+                    theirs = _build_at(twin, size, device).to(dtype)
+                    with torch.no_grad():
+                        theirs(x)
+                    models.append((twin, theirs))
+                except Exception as e:
+                    refused = [f"n/a {notes.ref(f'{twin}: {_first_line(e)}')}", "—", "—", "—"]
+            cells = _eager_and_compiled(models, x, args, notes)
+            row = [name, *cells[0]]
             if twin is None:
                 row += ["—"] * 5
             else:
-                theirs = _build_at(twin, size, device).to(dtype)
-                try:
-                    cells = _eager_and_compiled(theirs, x, args, notes, twin)
-                except Exception as e:  # timm may refuse the size (HaloNet: multiples of 8)
-                    cells = [f"n/a {notes.ref(f'{twin}: {_first_line(e)}')}", "—", "—", "—"]
-                row += [twin, *cells, *["—"] * (4 - len(cells))]
-                del theirs
+                row += [twin, *(cells[1] if refused is None else refused)]
             rows.append(row)
+            del models
             gc.collect()
     headers = ["model", "eager (ms)", "compiled (ms)", "compile (s)", "speed-up",
                "timm twin", "timm eager (ms)", "timm compiled (ms)", "timm compile (s)", "timm speed-up"]

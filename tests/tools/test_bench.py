@@ -95,10 +95,16 @@ def _args(**kw) -> argparse.Namespace:
 def test_eager_and_compiled_cells_for_a_module_that_compiles():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.GELU()).eval()
-    eager, compiled, compile_s, speedup = _eager_and_compiled(model, torch.randn(2, 8), _args(), _Footnotes(), "m")
-    for cell in (eager, compiled):
-        assert re.fullmatch(r"[\d.]+ \([\d.]+-[\d.]+, \d+( \[\d+\])?\)", cell), cell
-    assert float(compile_s) >= 0 and speedup.endswith("x")
+    twin = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval()
+    rows = _eager_and_compiled([("m", model), ("twin", twin)], torch.randn(2, 8), _args(), _Footnotes())
+    assert len(rows) == 2
+    for eager, compiled, compile_s, speedup in rows:
+        for cell in (eager, compiled):
+            assert re.fullmatch(r"[\d.]+ \([\d.]+-[\d.]+, \d+( \[\d+\])?\)", cell), cell
+        assert float(compile_s) >= 0 and speedup.endswith("x")
+    # timed alternately: every column of one measurement has the same number of runs
+    runs = {re.search(r", (\d+)", cell).group(1) for row in rows for cell in row[:2]}
+    assert len(runs) == 1, rows
 
 
 class _GraphBreak(nn.Module):
@@ -109,9 +115,12 @@ class _GraphBreak(nn.Module):
 
 def test_a_failed_compile_is_a_footnote_not_a_crash():
     notes = _Footnotes()
-    cells = _eager_and_compiled(_GraphBreak().eval(), torch.randn(2, 8), _args(fullgraph=True), notes, "m")
+    fine = nn.Linear(8, 8).eval()
+    broken, ok = _eager_and_compiled([("m", _GraphBreak().eval()), ("fine", fine)], torch.randn(2, 8),
+                                     _args(fullgraph=True), notes)
     (failure,) = [n for n in notes.lines() if ". m: torch.compile failed: " in n]
-    assert cells[1] == f"n/a [{failure.split('.')[0]}]" and cells[2] == "—"
+    assert broken[1] == f"n/a [{failure.split('.')[0]}]" and broken[2] == "—" and broken[0][0].isdigit()
+    assert ok[1][0].isdigit() and ok[3].endswith("x")  # the other model is still compiled and timed
 
 
 def test_compile_bench_times_an_az_model_and_its_timm_twin():
