@@ -11,7 +11,8 @@ with ``scale = head_dim ** -0.5`` unless given. Self-attention passes the same s
 queries and keys; cross-attention (pooled keys, other resolutions) may pass any other. The output
 is ``[B, *spatial_q, heads, v_dim]``.
 
-Algorithm: one ``scaled_dot_product_attention`` over ``[B, heads, N, dim]`` views. Memory is
+Algorithm: one ``scaled_dot_product_attention`` over ``[B, heads, N, dim]`` views (on the CPU with
+unequal q / v head widths, the same softmax written out as two matmuls). Memory is
 ``O(N_q * N_k)`` per head for the math backend of SDPA (fused SDPA kernels need less).
 Computation runs in float32 whatever the input dtype (float64 stays float64); the result is cast
 back to the dtype of q.
