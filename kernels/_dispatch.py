@@ -82,6 +82,28 @@ class Op:
             raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
         self._backends[name] = _Backend(name, load, check)
 
+    def register_triton(self, kernels: Callable[[], Any], entry: str) -> None:
+        """Adds a Triton backend: ``kernels()`` imports and returns the op's kernel module (a
+        function holding ``from . import triton``, an import Dynamo can trace, unlike importlib);
+        the module's ``entry`` runs the op and its ``can_run_triton`` (the op's arguments) says why
+        it refuses. Nothing imports triton for inputs it could never take (CPU tensors outside
+        Triton's interpreter)."""
+
+        def load() -> Callable[..., Any]:
+            return getattr(kernels(), entry)
+
+        def check(q: torch.Tensor, *args: Any, **kwargs: Any) -> Optional[str]:
+            if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+                return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
+                        "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
+            try:
+                module = kernels()
+            except ImportError as exc:
+                return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
+            return module.can_run_triton(q, *args, **kwargs)
+
+        self.register("triton", load, check)
+
     @property
     def backends(self) -> tuple:
         """Names of the backends this op has, reference first."""

@@ -13,7 +13,6 @@ whose output reaches the op already evaluated as ``pool_bias: [heads, H * W, P]`
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -137,28 +136,13 @@ def length_scaled_attention(
     return _run(q, None, None, k_flat, v_flat, bias, None, query_embedding, temperature, None, None, params, backend)
 
 
-def _load_triton():
-    from .triton import aggregated_triton
+# Serves both public functions: ``length_scaled_attention`` (``window_size=None``) is not a dense SDPA
+# call here but the same op without the local branch, and the kernels run it (no local slots,
+# ``k_pool, v_pool`` = the full-resolution keys and values).
+def _triton_kernels():
+    from . import triton
 
-    return aggregated_triton
-
-
-def _check_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
-                  learnable_bias, params):
-    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
-    for inputs it could never take: CPU tensors outside Triton's interpreter. Serves both public
-    functions: ``length_scaled_attention`` (``window_size=None``) is not a dense SDPA call here but
-    the same op without the local branch, and the kernels run it (no local slots, ``k_pool, v_pool``
-    = the full-resolution keys and values)."""
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
-    try:
-        from .triton import can_run_triton
-    except ImportError as exc:
-        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
-    return can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                          learnable_tokens, learnable_bias, params)
+    return triton
 
 
-aggregated_attention_op.register("triton", _load_triton, _check_triton)
+aggregated_attention_op.register_triton(_triton_kernels, "aggregated_triton")

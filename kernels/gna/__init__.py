@@ -6,7 +6,6 @@ grid (MaxViT grid) attention; see ``reference.py`` for the exact definition.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
@@ -63,23 +62,10 @@ def gna(
     )
 
 
-def _load_triton():
-    from .triton import gna_triton
+def _triton_kernels():
+    from . import triton
 
-    return gna_triton
-
-
-def _check_triton(q, k, v, params, rpb, scale):
-    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
-    for inputs it could never take: CPU tensors outside Triton's interpreter."""
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
-    try:
-        from .triton import can_run_triton
-    except ImportError as exc:
-        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
-    return can_run_triton(q, k, v, params, rpb, scale)
+    return triton
 
 
-gna_op.register("triton", _load_triton, _check_triton)
+gna_op.register_triton(_triton_kernels, "gna_triton")

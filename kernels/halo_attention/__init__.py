@@ -6,7 +6,6 @@ borders (padded keys take part in the softmax), with factorised relative logits;
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -72,23 +71,10 @@ def halo_attention(
     )
 
 
-def _load_triton():
-    from .triton import halo_triton
+def _triton_kernels():
+    from . import triton
 
-    return halo_triton
-
-
-def _check_triton(q, k, v, height_rel, width_rel, params, scale):
-    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
-    for inputs it could never take: CPU tensors outside Triton's interpreter."""
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
-    try:
-        from .triton import can_run_triton
-    except ImportError as exc:
-        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
-    return can_run_triton(q, k, v, height_rel, width_rel, params, scale)
+    return triton
 
 
-halo_attention_op.register("triton", _load_triton, _check_triton)
+halo_attention_op.register_triton(_triton_kernels, "halo_triton")

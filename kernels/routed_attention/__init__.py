@@ -7,7 +7,6 @@ definition.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -95,23 +94,10 @@ def routed_attention(
     )
 
 
-def _load_triton():
-    from .triton import routed_triton
+def _triton_kernels():
+    from . import triton
 
-    return routed_triton
-
-
-def _check_triton(q, k, v, params, scale, index):
-    """Why the Triton backend cannot run these inputs (None when it can), without importing triton
-    for inputs it could never take: CPU tensors outside Triton's interpreter."""
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
-    try:
-        from .triton import can_run_triton
-    except ImportError as exc:
-        return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
-    return can_run_triton(q, k, v, params, scale, index)
+    return triton
 
 
-routed_attention_op.register("triton", _load_triton, _check_triton)
+routed_attention_op.register_triton(_triton_kernels, "routed_triton")
