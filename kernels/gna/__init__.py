@@ -5,7 +5,6 @@ grid (MaxViT grid) attention; see ``reference.py`` for the exact definition.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

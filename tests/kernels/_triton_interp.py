@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Optional
 
 import pytest
 import torch
@@ -39,3 +40,23 @@ def import_triton_backend(module_name: str):
             os.environ["TRITON_INTERPRET"] = saved
     assert CUDA or module.INTERPRETER, f"{module_name}: the kernels must run under the interpreter without CUDA"
     return module
+
+
+def backend_env(monkeypatch: pytest.MonkeyPatch, autotune_variable: str) -> None:
+    """The environment of one Triton backend test: without CUDA, the interpreter (the dispatchers
+    then accept CPU tensors); on CUDA, autotuning off (``autotune_variable=0``: one default config
+    per shape, since tuning compiles every config of every new shape, minutes per test file; each
+    file's test_autotuned_launch_on_gpu covers the tuned path)."""
+    if not CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.setenv(autotune_variable, "0")
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
+    """``||got - want|| / scale`` in float64, ``scale = ||want||`` unless given (``||got - want||``
+    when the scale is zero)."""
+    want = want.double()
+    scale = want.norm() if scale is None else scale
+    diff = (got.double() - want).norm()
+    return (diff / scale if scale > 0 else diff).item()

@@ -27,7 +27,7 @@ from attnzoo.kernels.aggregated_attention import (
     aggregated_attention, aggregated_attention_op, length_scaled_attention,
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, import_triton_backend
+from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
 from attnzoo.kernels.aggregated_attention import _autotune  # noqa: E402  (after triton imports)
@@ -35,12 +35,7 @@ from attnzoo.kernels.aggregated_attention import _autotune  # noqa: E402  (after
 
 @pytest.fixture(autouse=True)
 def _backend_env(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the dispatcher accepts CPU tensors
-    else:
-        # one default config per shape: autotuning compiles every config of every new shape;
-        # test_autotuned_launch_on_gpu covers the tuned path
-        monkeypatch.setenv("ATTNZOO_AGGREGATED_AUTOTUNE", "0")
+    backend_env(monkeypatch, "ATTNZOO_AGGREGATED_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -77,13 +72,6 @@ class Case:
     head_dim: int = 16
     v_dim: int = 16
     optional: bool = True  # pool_bias, local_bias, learnable_tokens, learnable_bias given
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """``||got - want|| / ||want||`` (``||got - want||`` when want is zero)."""
-    scale = want.norm()
-    diff = (got.double() - want.double()).norm()
-    return (diff / scale if scale > 0 else diff).item()
 
 
 def make_inputs(case: Case, dtype: torch.dtype, seed: int, small_dtype: Optional[torch.dtype] = None) -> dict:

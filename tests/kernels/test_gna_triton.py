@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, import_triton_backend
+from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
 from attnzoo.kernels.gna import _autotune  # noqa: E402  (after triton imports)
@@ -32,12 +32,7 @@ from attnzoo.kernels.gna import _autotune  # noqa: E402  (after triton imports)
 
 @pytest.fixture(autouse=True)
 def _backend_env(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the dispatcher accepts CPU tensors
-    else:
-        # one default config per pattern: autotuning compiles every config of every new pattern,
-        # minutes per test file; test_autotuned_launch_on_gpu covers the tuned path
-        monkeypatch.setenv("ATTNZOO_GNA_AUTOTUNE", "0")
+    backend_env(monkeypatch, "ATTNZOO_GNA_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -69,13 +64,6 @@ class Case:
     @property
     def pattern(self) -> tuple:
         return (self.kernel_size, self.stride, self.dilation, self.is_causal)
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
-    """``||got - want|| / scale``, ``scale = ||want||`` unless given."""
-    scale = want.norm() if scale is None else scale
-    diff = (got.double() - want).norm()
-    return (diff / scale if scale > 0 else diff).item()
 
 
 def make_inputs(case: Case, dtype: torch.dtype, seed: int, rpb_dtype: Optional[torch.dtype] = None):

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, import_triton_backend
+from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.halo_attention.triton")
 from attnzoo.kernels.halo_attention import _autotune  # noqa: E402  (after triton imports)
@@ -35,11 +35,7 @@ NAMES = ("out", "dq", "dk", "dv", "d_height_rel", "d_width_rel")
 
 @pytest.fixture(autouse=True)
 def _backend_env(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the dispatcher accepts CPU tensors
-    else:
-        # one default config per shape; test_autotuned_launch_on_gpu covers the tuned path
-        monkeypatch.setenv("ATTNZOO_HALO_AUTOTUNE", "0")
+    backend_env(monkeypatch, "ATTNZOO_HALO_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -69,13 +65,6 @@ class Case:
     stride: int = 1
     head_dim: int = 16
     v_dim: int = 16
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
-    """``||got - want|| / scale``, ``scale = ||want||`` unless given."""
-    scale = want.norm() if scale is None else scale
-    diff = (got.double() - want).norm()
-    return (diff / scale if scale > 0 else diff).item()
 
 
 def make_inputs(case: Case, dtype: torch.dtype, seed: int):

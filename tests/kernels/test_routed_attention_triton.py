@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.routed_attention import route_regions, routed_attention, routed_attention_op
 from attnzoo.kernels.routed_attention._params import check_routed_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, import_triton_backend
+from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.routed_attention.triton")
 from attnzoo.kernels.routed_attention import _autotune  # noqa: E402  (after triton imports)
@@ -34,11 +34,7 @@ from attnzoo.kernels.routed_attention import _autotune  # noqa: E402  (after tri
 
 @pytest.fixture(autouse=True)
 def _backend_env(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the dispatcher accepts CPU tensors
-    else:
-        # one default config per shape; test_autotuned_launch_on_gpu covers the tuned path
-        monkeypatch.setenv("ATTNZOO_ROUTED_AUTOTUNE", "0")
+    backend_env(monkeypatch, "ATTNZOO_ROUTED_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -66,13 +62,6 @@ class Case:
     head_dim: int = 16
     v_dim: int = 16
     pad: tuple = (0, 0)  # rows, cols of zero padding at the bottom / right before a "qkv projection"
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
-    """``||got - want|| / scale``, ``scale = ||want||`` unless given."""
-    scale = want.norm() if scale is None else scale
-    diff = (got.double() - want).norm()
-    return (diff / scale if scale > 0 else diff).item()
 
 
 def make_inputs(case: Case, dtype: torch.dtype, seed: int):
