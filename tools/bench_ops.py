@@ -38,7 +38,7 @@ import torch
 import attnzoo
 from attnzoo.tools.bench import _device_name, _Footnotes, _markdown_table, _version
 
-__all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates"]
+__all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates", "make_step"]
 
 OP_MODULES = {
     "gna": "attnzoo.tools.bench_ops_gna",
@@ -95,6 +95,23 @@ def measure_rates(device: torch.device, dtype: torch.dtype) -> Tuple[float, floa
     b = torch.randn(n, n, device=device).to(dtype)
     t = _median_seconds(lambda: a @ b, device, 3, 10)
     return bandwidth, 2 * n**3 / t
+
+
+def make_step(call: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], grad: torch.Tensor,
+              backward: bool) -> Callable[[], object]:
+    """What a case module times: ``call()`` under no_grad, or with ``backward`` its forward and the
+    gradients of ``leaves`` for the output gradient ``grad`` (leaves are made to require grad)."""
+    if not backward:
+        def step():
+            with torch.no_grad():
+                return call()
+        return step
+    for t in leaves:
+        t.requires_grad_()
+
+    def step():
+        return torch.autograd.grad(call(), leaves, grad)
+    return step
 
 
 def _fmt_ms(seconds: float) -> str:

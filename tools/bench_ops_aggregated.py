@@ -28,7 +28,6 @@ Each backend gets its native layout, prepared outside the timed region.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
@@ -41,6 +40,7 @@ from attnzoo.kernels.aggregated_attention import (
     length_scaled_attention,
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
+from attnzoo.tools.bench_ops import make_step
 
 __all__ = ["OP", "BACKENDS", "NOTES", "CASES", "SMALL_CASES", "BenchCase", "min_bytes", "attention_flops", "runner"]
 
@@ -267,12 +267,4 @@ def runner(backend: str, case: BenchCase, device: torch.device, dtype: torch.dty
     else:
         return None, f"unknown backend {backend!r} (this op has {', '.join(BACKENDS)})"
 
-    if not backward:
-        def step():
-            with torch.no_grad():
-                return call()
-    else:
-        def step():
-            out = call()
-            return torch.autograd.grad(out, leaves, grad)
-    return step, None
+    return make_step(call, leaves, grad, backward), None

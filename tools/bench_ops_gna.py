@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from attnzoo.kernels import gna
 from attnzoo.kernels.gna import GNAParams, attended_pairs, gna_op, window_bounds
+from attnzoo.tools.bench_ops import make_step
 
 __all__ = ["OP", "BACKENDS", "NOTES", "CASES", "SMALL_CASES", "BenchCase", "flex_mods", "min_bytes",
            "attention_flops", "runner"]
@@ -241,12 +242,4 @@ def runner(backend: str, case: BenchCase, device: torch.device, dtype: torch.dty
             def call():
                 return attend(qf, kf, vf, score_mod=score_mod, block_mask=block_mask)
 
-    if not backward:
-        def step():
-            with torch.no_grad():
-                return call()
-    else:
-        def step():
-            out = call()
-            return torch.autograd.grad(out, leaves, grad)
-    return step, None
+    return make_step(call, leaves, grad, backward), None

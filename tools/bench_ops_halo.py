@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from attnzoo.kernels.halo_attention import HaloParams, halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention.reference import relative_index
+from attnzoo.tools.bench_ops import make_step
 
 __all__ = ["OP", "BACKENDS", "NOTES", "CASES", "SMALL_CASES", "HaloCase", "min_bytes", "attention_flops", "runner",
            "block_major", "from_block_major"]
@@ -239,15 +240,4 @@ def runner(backend: str, case: HaloCase, device: torch.device, dtype: torch.dtyp
         return None, f"unknown backend {backend!r} (this op has: {', '.join(BACKENDS)})"
 
     leaves = [q, k, v, hr, wr]
-    if not backward:
-        def step():
-            with torch.no_grad():
-                return call()
-    else:
-        for t in leaves:
-            t.requires_grad_()
-
-        def step():
-            out = call()
-            return torch.autograd.grad(out, leaves, grad)
-    return step, None
+    return make_step(call, leaves, grad, backward), None

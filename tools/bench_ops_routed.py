@@ -36,6 +36,7 @@ import torch
 
 from attnzoo.kernels.routed_attention import RoutedParams, routed_attention, routed_attention_op
 from attnzoo.tools.bench_routed import legacy_routed_core
+from attnzoo.tools.bench_ops import make_step
 
 __all__ = ["OP", "BACKENDS", "NOTES", "CASES", "SMALL_CASES", "RoutedCase", "min_bytes", "attention_flops",
            "runner", "region_major", "from_region_major"]
@@ -220,15 +221,4 @@ def runner(backend: str, case: RoutedCase, device: torch.device, dtype: torch.dt
         return None, f"unknown backend {backend!r} (this op has: {', '.join(BACKENDS)})"
 
     leaves = [q, k, v]
-    if not backward:
-        def step():
-            with torch.no_grad():
-                return call()
-    else:
-        for t in leaves:
-            t.requires_grad_()
-
-        def step():
-            out = call()
-            return torch.autograd.grad(out, leaves, grad)
-    return step, None
+    return make_step(call, leaves, grad, backward), None
