@@ -151,6 +151,25 @@ def qkv_from_head_first(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     return t.reshape(num_heads, 3, head_dim, *rest).transpose(0, 1).reshape(t.shape)
 
 
+def _partition(x: torch.Tensor, ph: int, pw: int, grid: bool) -> torch.Tensor:
+    """``[B, H, W, C]`` -> ``[B * n, ph, pw, C]``: ``ph x pw`` blocks, or (``grid``) the groups of
+    a ``ph x pw`` grid whose members are ``H / ph`` and ``W / pw`` apart (timm's grid_partition)."""
+    b, hp, wp, c = x.shape
+    if grid:
+        x = x.view(b, ph, hp // ph, pw, wp // pw, c).permute(0, 2, 4, 1, 3, 5)
+    else:
+        x = x.view(b, hp // ph, ph, wp // pw, pw, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ph, pw, c)
+
+
+def _unpartition(x: torch.Tensor, b: int, hp: int, wp: int, grid: bool) -> torch.Tensor:
+    """Inverse of ``_partition``: ``[B * n, ph, pw, C]`` -> ``[B, H, W, C]``."""
+    _, ph, pw, c = x.shape
+    x = x.view(b, hp // ph, wp // pw, ph, pw, c)
+    x = x.permute(0, 3, 1, 4, 2, 5) if grid else x.permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, hp, wp, c)
+
+
 @register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class PartitionAttention2d(nn.Module):
     """Multi-head attention inside the partitions of ``[B, H, W, C]`` (channels-last).
@@ -226,7 +245,21 @@ class PartitionAttention2d(nn.Module):
         ph, pw = self.partition_size
         hp, wp = math.ceil(h / ph) * ph, math.ceil(w / pw) * pw
         x = pad_spatial_end(x, (hp - h, wp - w))
-        dilation = (1, 1) if self.partition == "block" else (hp // ph, wp // pw)
+        grid = self.partition == "grid"
+        if x.device.type != "cuda" or self.backend == "reference":
+            # The reference gna tiles q, k and v (three channel-sized copies); partitioning x once
+            # before the projection, as timm does, copies a third of that and gives gna one
+            # partition per image. The Triton kernel reads q, k, v in place, so CUDA keeps the
+            # full map.
+            xs = _partition(x, ph, pw, grid)
+            out = self._attend(xs, (1, 1))
+            return self.proj_drop(crop_spatial(_unpartition(self.proj(out), b, hp, wp, grid), (h, w)))
+        out = self._attend(x, (1, 1) if not grid else (hp // ph, wp // pw))
+        return self.proj_drop(self.proj(crop_spatial(out, (h, w))))
+
+    def _attend(self, x: torch.Tensor, dilation: Tuple[int, int]) -> torch.Tensor:
+        """qkv projection and gna over ``[B, H, W, C]`` (partitions of ``partition_size``)."""
+        b, hp, wp, _ = x.shape
         if self.head_first:  # timm's _rw_ layout: (heads, q|k|v, head_dim)
             q, k, v = self.qkv(x).view(b, hp, wp, self.num_heads, 3, self.head_dim).unbind(4)
         else:
@@ -235,8 +268,7 @@ class PartitionAttention2d(nn.Module):
             q, k, v, kernel_size=self.partition_size, stride=self.partition_size, dilation=dilation,
             rpb=self.relative_position_bias(), scale=self.scale, backend=self.backend,
         )
-        out = out.reshape(b, hp, wp, self.dim)
-        return self.proj_drop(self.proj(crop_spatial(out, (h, w))))
+        return out.reshape(b, hp, wp, self.dim)
 
     def extra_repr(self) -> str:
         return (
