@@ -10,6 +10,11 @@ members of its partition (blocked attention; gna's tile is the window, nothing i
   ``r, r + H/G, r + 2 H/G, ...`` are consecutive, so the group is one window of ``G`` members and
   the bias offsets are counted in grid steps, as in timm's ``grid_partition``.
 
+Off CUDA (or with ``backend='reference'``) the mixer partitions x into blocks / grid groups before
+the qkv projection, as timm does, and gives gna one partition per image: the reference then copies
+x once instead of q, k and v. On CUDA the full map goes to gna, whose Triton kernel reads q, k, v
+in place. Both orders compute the same function.
+
 Inputs whose height / width is not a multiple of the partition are zero-padded at the bottom /
 right (after the norm, before qkv, as Swin does for windows) and cropped back; padded keys take
 part in the softmax like any other key (gna has no key mask). At sizes that are multiples, this is
