@@ -492,11 +492,11 @@ def _compiled(args: argparse.Namespace, device: torch.device, names: Sequence[st
             refused = None
             if twin is not None:
                 try:  # timm may refuse the size (HaloNet: multiples of 8)
-                    theirs = _build_at(twin, size, device).to(dtype)
+                    models.append((twin, _build_at(twin, size, device).to(dtype)))
                     with torch.no_grad():
-                        theirs(x)
-                    models.append((twin, theirs))
+                        models[-1][1](x)
                 except Exception as e:
+                    del models[1:]
                     refused = [f"n/a {notes.ref(f'{twin}: {_first_line(e)}')}", "—", "—", "—"]
             cells = _eager_and_compiled(models, x, args, notes)
             row = [name, *cells[0]]
