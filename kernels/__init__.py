@@ -21,9 +21,20 @@ from .gna import gna, gna_reference
 from .halo_attention import halo_attention, halo_attention_reference
 from .routed_attention import route_regions, routed_attention, routed_attention_reference
 from .aggregated_attention import aggregated_attention, aggregated_attention_reference, length_scaled_attention
+from .aggregated_attention import aggregated_attention_op
+from .channel_attention import channel_attention_op
+from .dense import dense_op
+from .gna import gna_op
+from .halo_attention import halo_attention_op
+from .routed_attention import routed_attention_op
+
+OPS = {op.name: op for op in (gna_op, channel_attention_op, halo_attention_op, dense_op, routed_attention_op,
+                              aggregated_attention_op)}
+"""Every op by name: the dispatcher of each (``_dispatch.Op``). The compile gate, selftest and
+bench walk this table."""
 
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "default_backend",
+    "BACKENDS", "BackendUnavailableError", "default_backend", "OPS",
     "OpFlops", "count_op_flops",
     "gna", "gna_reference",
     "channel_attention", "channel_attention_reference",

@@ -8,22 +8,27 @@ it can run the given inputs and otherwise a sentence saying why not.
   reference; the reason each backend was skipped is logged at debug level (in eager mode only:
   inside a ``torch.compile`` / ``torch.export`` trace nothing logs, the choice is made from the
   static shapes, dtypes and devices the trace sees and baked into the graph).
+  A Triton kernel that then cannot compile or load on the device (an unsupported GPU, too little
+  shared memory) does not crash the model either: that pattern uses the reference from then on,
+  with one warning naming the op, the pattern and the error (``_triton/fallback.py``).
 * ``backend='<name>'``: that backend or a ``BackendUnavailableError`` with its reason. An
-  explicitly named backend never falls back.
+  explicitly named backend never falls back: a kernel error propagates.
 * ``ATTNZOO_BACKEND=reference|triton`` sets the process-wide default used when an op is called
   with ``backend=None``; it counts as explicit (no fallback), so a run that asks for Triton
   everywhere fails loudly where Triton cannot run instead of silently measuring the reference.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "Op", "default_backend"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "Op", "default_backend", "record_calls"]
 
 _logger = logging.getLogger("attnzoo.kernels")
 
@@ -53,12 +58,28 @@ def default_backend() -> Optional[str]:
 
 Check = Callable[..., Optional[str]]
 
+_RECORDERS: List[list] = []
+
+
+@contextlib.contextmanager
+def record_calls() -> Iterator[List[Tuple["Op", tuple, dict]]]:
+    """Collects ``(op, args, kwargs)`` of every op call made inside the block (eager calls only),
+    the arguments each backend would receive. Run a model on ``meta`` tensors inside it and the
+    list holds the exact patterns of its attention calls (the compile gate does this)."""
+    calls: List[Tuple["Op", tuple, dict]] = []
+    _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        _RECORDERS.remove(calls)
+
 
 @dataclass
 class _Backend:
     name: str
     load: Callable[[], Callable[..., Any]]  # imports lazily: triton must not be needed to import attnzoo
     check: Check
+    fallback: bool = False  # the implementation takes ``fallback=``: reference on a kernel error
     _impl: Optional[Callable[..., Any]] = field(default=None, repr=False)
 
     def impl(self) -> Callable[..., Any]:
@@ -74,13 +95,17 @@ class Op:
         self.name = name
         self.reference = reference
         self._backends: Dict[str, _Backend] = {}
+        self._triton_kernels: Optional[Callable[[], Any]] = None
 
-    def register(self, name: str, load: Callable[[], Callable[..., Any]], check: Check) -> None:
+    def register(self, name: str, load: Callable[[], Callable[..., Any]], check: Check, fallback: bool = False) -> None:
         """Adds a backend. ``load()`` returns its implementation (called once, on first use);
-        ``check(*args, **kwargs)`` returns None when it can run the inputs, else the reason."""
+        ``check(*args, **kwargs)`` returns None when it can run the inputs, else the reason.
+        ``fallback``: the implementation takes ``fallback=True`` (passed when the backend was not
+        named explicitly) and then answers a kernel that cannot run on the device with the
+        reference's result and a warning."""
         if name == "reference" or name not in BACKENDS:
             raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
-        self._backends[name] = _Backend(name, load, check)
+        self._backends[name] = _Backend(name, load, check, fallback)
 
     def register_triton(self, kernels: Callable[[], Any], entry: str) -> None:
         """Adds a Triton backend: ``kernels()`` imports and returns the op's kernel module (a
@@ -89,20 +114,34 @@ class Op:
         it refuses. Nothing imports triton for inputs it could never take (CPU tensors outside
         Triton's interpreter)."""
 
+        self._triton_kernels = kernels
+
         def load() -> Callable[..., Any]:
             return getattr(kernels(), entry)
 
         def check(q: torch.Tensor, *args: Any, **kwargs: Any) -> Optional[str]:
-            if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+            interpret = os.environ.get("TRITON_INTERPRET", "") == "1"
+            if q.device.type != "cuda" and not interpret:
                 return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
                         "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
             try:
                 module = kernels()
             except ImportError as exc:
                 return f"triton is not installed or does not import ({exc}); pip install 'attnzoo[triton]'"
+            if q.device.type != "cuda":
+                if not module.INTERPRETER:
+                    return (f"inputs are on {q.device.type} but {module.__name__} was built for the GPU "
+                            "(TRITON_INTERPRET=1 must be set before it is first imported)")
+                if q.dtype == torch.bfloat16:
+                    return ("Triton's interpreter does not compute bfloat16 correctly (its tl.dot is off by "
+                            "orders of magnitude); bfloat16 runs on the reference off the GPU")
             return module.can_run_triton(q, *args, **kwargs)
 
-        self.register("triton", load, check)
+        self.register("triton", load, check, fallback=True)
+
+    def triton_kernels(self) -> Any:
+        """The op's kernel module (imports triton), or None when it has no Triton backend."""
+        return None if self._triton_kernels is None else self._triton_kernels()
 
     @property
     def backends(self) -> tuple:
@@ -120,6 +159,8 @@ class Op:
 
     def select(self, backend: Optional[str], *args: Any, **kwargs: Any) -> Callable[..., Any]:
         """The implementation that the dispatch rule picks for these inputs."""
+        if _RECORDERS and not torch.compiler.is_compiling():
+            _RECORDERS[-1].append((self, args, kwargs))
         backend = _check_backend_name(backend, "backend")
         explicit = backend is not None
         if backend is None:
@@ -133,7 +174,7 @@ class Op:
         for entry in self._backends.values():
             reason = entry.check(*args, **kwargs)
             if reason is None:
-                return entry.impl()
+                return functools.partial(entry.impl(), fallback=True) if entry.fallback else entry.impl()
             if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
                 _logger.debug("%s: not using %s backend: %s", self.name, entry.name, reason)
         return self.reference

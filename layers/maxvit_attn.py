@@ -251,11 +251,12 @@ class PartitionAttention2d(nn.Module):
         hp, wp = math.ceil(h / ph) * ph, math.ceil(w / pw) * pw
         x = pad_spatial_end(x, (hp - h, wp - w))
         grid = self.partition == "grid"
-        if x.device.type != "cuda" or self.backend == "reference":
+        if x.device.type not in ("cuda", "meta") or self.backend == "reference":
             # The reference gna tiles q, k and v (three channel-sized copies); partitioning x once
             # before the projection, as timm does, copies a third of that and gives gna one
             # partition per image. The Triton kernel reads q, k, v in place, so CUDA keeps the
-            # full map.
+            # full map; so does a meta run (shapes only), so that it records a GPU's gna calls
+            # (the compile gate, attnzoo kernels).
             xs = _partition(x, ph, pw, grid)
             out = self._attend(xs, (1, 1))
             return self.proj_drop(crop_spatial(_unpartition(self.proj(out), b, hp, wp, grid), (h, w)))

@@ -20,6 +20,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "bench": ("attnzoo.tools.bench", "parameters, GFLOPs and latency of the registered models, as a markdown table"),
     "bench-ops": ("attnzoo.tools.bench_ops", "each op's fused Triton kernels vs the reference and FlexAttention (and more per op), case by case, with a roofline and peak memory"),
     "bench-routed": ("attnzoo.tools.bench_routed", "BiFormer bi-level routing attention vs the authors' legacy gather path: time and peak memory"),
+    "kernels": ("attnzoo.tools.kernels", "compile every fused Triton kernel for sm_80 / sm_90 / sm_100 without a GPU: registers, spills, shared memory, occupancy"),
+    "selftest": ("attnzoo.tools.selftest", "check the fused Triton kernels against the reference on this GPU (--small: under Triton's interpreter on the CPU)"),
     "install-mmcv": ("attnzoo.tools.install_mmcv", "build (once, cached) and install mmcv 2.1.0 with ops for MMDetection / MMSegmentation"),
     "train": ("attnzoo.train.trainer", "train a classifier on timm's components (torchrun for DDP / FSDP2), with exact resume"),
     "validate": ("attnzoo.train.validate", "top-1 / top-5, loss and images/s of saved weights on an image folder"),

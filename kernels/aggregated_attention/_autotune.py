@@ -27,8 +27,10 @@ _BLOCK_M = (64, 32, 128)
 # (16x16), 950 at 800x1216 (25x38); 64 covers 49 in one step, 32 wastes fewer lanes at 16 < P <= 32.
 _BLOCK_P = (64, 32, 16)
 _WARPS = (4, 8)
-# Pipeline stages of the pooled loop's loads; the local slots are gathers, unpipelined.
-_STAGES = (2, 1)
+# Pipeline stages of the pooled loop's loads; the local slots are gathers, unpipelined. One stage
+# first: the pooled loop is short (P = 49 at 224 px is one BLOCK_P = 64 step) and a second stage's
+# buffers spill 8-16 B at the 64 x 64, 8-warp default on sm_80 (compile gate).
+_STAGES = (1, 2)
 # Register budget used in pruning: float32 tile elements per thread (of 255 32-bit registers).
 _REGS_PER_THREAD = 160
 # Problems with fewer (batch * heads * positions) are launch-bound: not tuned (a compile per config).
@@ -87,7 +89,9 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
             return False
         if _live_tiles(which, m, p, d, dv, l) > _REGS_PER_THREAD * 32 * c.num_warps:
             return False
-        return not (c.num_warps == 8 and m * max(p, d) < 64 * 64)
+        # bwd_q's live state is its per-query rows (dq^, ds, the local slots' sums), not the
+        # score tile: 8 warps share those even on small tiles
+        return not (c.num_warps == 8 and which != "bwd_q" and m * max(p, d) < 64 * 64)
 
     kept = [c for c in configs if usable(c)]
     if kept:
@@ -106,9 +110,18 @@ def should_tune(rows: int) -> bool:
     return autotune_enabled() and rows >= _TUNE_MIN_ROWS
 
 
+# The untuned choice where the search order's first survivor does not fit: bwd_q at 32 x 32 and
+# 4 warps sits at 255 registers and spills 8 B on sm_80 (float16, transnext_micro); 32 x 16 at 8
+# warps needs 195 and spills nothing (compile gate, attnzoo kernels --configs all).
+_PREFERRED = {"bwd_q": dict(BLOCK_M=32, BLOCK_P=16, num_warps=8)}
+
+
 def default_config(which: str, named_args: dict) -> dict:
     """The untuned choice: the first config that survives pruning (preferred shapes first)."""
-    config = prune(configs(which), {}, **named_args)[0]
+    kept = prune(configs(which), {}, **named_args)
+    preferred = _PREFERRED.get(which)
+    config = next((c for c in kept if preferred and all(c.all_kwargs().get(k) == v for k, v in preferred.items())),
+                  kept[0])
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 

@@ -7,7 +7,8 @@ implementations and the autograd formula that ties them together.
 and ``torch.library.opcheck`` tests them (tests/kernels/test_aggregated_attention_triton.py). The
 ops live here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of that
 module for Triton's interpreter) does not register them twice; they look the kernels up at call
-time. Importing this module does not import triton.
+time. A kernel that cannot run on the device falls back to the reference when the
+dispatcher chose Triton by itself (``fallback``; ``_triton/fallback.py``).
 
 An op returns tensors only: an absent input's gradient is an empty tensor in the op's result and
 None in autograd's.
@@ -20,7 +21,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import AggregatedParams
+from .reference import _aggregated_reference
 
 __all__ = ["aggregated_fused"]
 
@@ -34,18 +37,29 @@ def _kernels():
     return sys.modules[__package__ + ".triton"]
 
 
+def _params(q: Tensor, k_pool: Tensor, window_size: Optional[int]) -> AggregatedParams:
+    return AggregatedParams((q.shape[1], q.shape[2]), window_size, k_pool.shape[1])
+
+
 @torch.library.custom_op("attnzoo::aggregated_fwd", mutates_args=())
 def aggregated_fwd(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_pool: Tensor, v_pool: Tensor,
                    pool_bias: Optional[Tensor], local_bias: Optional[Tensor], query_embedding: Tensor,
                    temperature: Tensor, learnable_tokens: Optional[Tensor], learnable_bias: Optional[Tensor],
-                   window_size: Optional[int]) -> Tuple[Tensor, Tensor]:
-    return _kernels().aggregated_forward(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                                         learnable_tokens, learnable_bias, window_size)
+                   window_size: Optional[int], fallback: bool = False) -> Tuple[Tensor, Tensor]:
+    tensors = (q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
+               learnable_bias)
+
+    def reference():  # no logsumexp: the backward of a fallen-back pattern runs the reference too
+        out = _aggregated_reference(*tensors, _params(q, k_pool, window_size))
+        return out, q.new_full(q.shape[:4], float("nan"), dtype=torch.float32)
+
+    return run_or_fall_back(pattern_key("aggregated_attention", tensors, (window_size,)),
+                            lambda: _kernels().aggregated_forward(*tensors, window_size), reference, fallback)
 
 
 @aggregated_fwd.register_fake
 def _aggregated_fwd_fake(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                         learnable_tokens, learnable_bias, window_size):
+                         learnable_tokens, learnable_bias, window_size, fallback=False):
     out = q.new_empty((*q.shape[:4], v_pool.shape[-1]))
     return out, q.new_empty(q.shape[:4], dtype=torch.float32)
 
@@ -54,17 +68,28 @@ def _aggregated_fwd_fake(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_e
 def aggregated_bwd(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_pool: Tensor,
                    v_pool: Tensor, pool_bias: Optional[Tensor], local_bias: Optional[Tensor], query_embedding: Tensor,
                    temperature: Tensor, learnable_tokens: Optional[Tensor], learnable_bias: Optional[Tensor],
-                   out: Tensor, lse: Tensor, window_size: Optional[int], pool_bias_grad: bool) -> Tuple[
+                   out: Tensor, lse: Tensor, window_size: Optional[int], pool_bias_grad: bool,
+                   fallback: bool = False) -> Tuple[
                        Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _kernels().aggregated_backward(grad_out, q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding,
-                                           temperature, learnable_tokens, learnable_bias, out, lse, window_size,
-                                           pool_bias_grad)
+    tensors = (q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
+               learnable_bias)
+    params = _params(q, k_pool, window_size)
+
+    def reference():
+        wanted = [True] * len(tensors)
+        wanted[5] = pool_bias_grad
+        return reference_grads(lambda *t: _aggregated_reference(*t, params), tensors, grad_out, wanted)
+
+    grads = run_or_fall_back(pattern_key("aggregated_attention", tensors, (window_size,)),
+                             lambda: _kernels().aggregated_backward(grad_out, *tensors, out, lse, window_size,
+                                                                    pool_bias_grad),
+                             reference, fallback)
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
 
 @aggregated_bwd.register_fake
 def _aggregated_bwd_fake(grad_out, q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                         learnable_tokens, learnable_bias, out, lse, window_size, pool_bias_grad):
+                         learnable_tokens, learnable_bias, out, lse, window_size, pool_bias_grad, fallback=False):
     def like(t, wanted=True):
         return torch.empty_like(t) if (t is not None and wanted) else q.new_empty(0)
 
@@ -73,27 +98,29 @@ def _aggregated_bwd_fake(grad_out, q, k, v, k_pool, v_pool, pool_bias, local_bia
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    *tensors, window_size = inputs
+    *tensors, window_size, fallback = inputs
     out, lse = output
     ctx.save_for_backward(*tensors, out, lse)
     ctx.window_size = window_size
+    ctx.fallback = fallback
 
 
 def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
     *tensors, out, lse = ctx.saved_tensors
     pool_bias_grad = tensors[5] is not None and ctx.needs_input_grad[5]
-    grads = aggregated_bwd(grad_out, *tensors, out, lse, ctx.window_size, pool_bias_grad)
+    grads = aggregated_bwd(grad_out, *tensors, out, lse, ctx.window_size, pool_bias_grad, ctx.fallback)
     result = [g if (t is not None and ctx.needs_input_grad[i]) else None
               for i, (g, t) in enumerate(zip(grads, tensors))]
-    return (*result, None)
+    return (*result, None, None)
 
 
 aggregated_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def aggregated_fused(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
-                     learnable_bias, params: AggregatedParams) -> Tensor:
-    """aggregated_attention through the custom op (inputs validated by ``check_aggregated_inputs``)."""
+                     learnable_bias, params: AggregatedParams, fallback: bool = False) -> Tensor:
+    """aggregated_attention through the custom op (inputs validated by ``check_aggregated_inputs``);
+    ``fallback``: see ``_triton/fallback.py``."""
     out, _ = aggregated_fwd(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                            learnable_tokens, learnable_bias, params.window_size)
+                            learnable_tokens, learnable_bias, params.window_size, bool(fallback))
     return out

@@ -68,10 +68,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.launch import launch
 from . import _autotune
 from ._params import AggregatedParams
 
-__all__ = ["aggregated_triton", "aggregated_forward", "aggregated_backward", "can_run_triton", "INTERPRETER",
+__all__ = ["step_launches", "aggregated_triton", "aggregated_forward", "aggregated_backward", "can_run_triton", "INTERPRETER",
            "MAX_WINDOW"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
@@ -101,9 +102,6 @@ def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embeddi
     local branch."""
     if _BUILD_PROBLEM is not None:
         return _BUILD_PROBLEM
-    if q.device.type != "cuda" and not INTERPRETER:
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
     if q.dtype not in _DTYPES:
         return f"q dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     if not _dim_ok(q.shape[-1]):
@@ -261,14 +259,16 @@ def _fwd_kernel(
     s_dot = s.to(Q.dtype.element_ty)
     for p0 in range(0, P, BLOCK_P):
         pp, p_ok, prow, kp_hat, vp = _pool_keys(KP, VP, b, h, NH, P, p0, od, ov, D, DV, BLOCK_P)
-        a = tl.dot(s_dot, tl.trans(kp_hat.to(Q.dtype.element_ty)), input_precision=DOT_PRECISION)
+        # names of the local branch above are not reused with another shape here: Triton's
+        # compiler takes a name bound before a loop and rebound inside it as loop-carried
+        ap = tl.dot(s_dot, tl.trans(kp_hat.to(Q.dtype.element_ty)), input_precision=DOT_PRECISION)
         if HAS_PB:
             pb_off = (h * N + m).to(tl.int64)[:, None] * P + pp[None, :]
-            a += tl.load(PB + pb_off, mask=q_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
-        a = tl.where(p_ok[None, :], a * 1.4426950408889634, float("-inf"))
-        m_new = tl.maximum(m_i, _row_max(a))
+            ap += tl.load(PB + pb_off, mask=q_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+        ap = tl.where(p_ok[None, :], ap * 1.4426950408889634, float("-inf"))
+        m_new = tl.maximum(m_i, _row_max(ap))
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(a - m_new[:, None])
+        p = tl.exp2(ap - m_new[:, None])
         l_i = l_i * alpha + _row_sum(p)
         acc = acc * alpha[:, None] + tl.dot(p.to(vp.dtype), vp, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -377,23 +377,25 @@ def _bwd_query_kernel(
     for p0 in range(0, P, BLOCK_P):
         pp, p_ok, prow, kp_hat, vp = _pool_keys(KP, VP, b, h, NH, P, p0, od, ov, D, DV, BLOCK_P)
         kp_dot = kp_hat.to(Q.dtype.element_ty)
-        s_k = tl.dot(s_dot, tl.trans(kp_dot), input_precision=DOT_PRECISION)
+        # pooled-branch names differ from the local branch's (s_k, a, w, da have other shapes
+        # there): Triton's compiler would take them as loop-carried and refuse the shape change
+        sp = tl.dot(s_dot, tl.trans(kp_dot), input_precision=DOT_PRECISION)
         valid = q_ok[:, None] & p_ok[None, :]
-        a = s_k
+        ap = sp
         if HAS_PB:
             pb_off = (h * N + m).to(tl.int64)[:, None] * P + pp[None, :]
-            a += tl.load(PB + pb_off, mask=valid, other=0.0).to(tl.float32)
-        w = tl.where(valid, tl.exp2(a * 1.4426950408889634 - lse[:, None]), 0.0)
-        dw = tl.dot(do, tl.trans(vp), input_precision=DOT_PRECISION)
-        da = w * (dw - delta[:, None])
-        dc_c += _row_sum(da * s_k)
-        ds += tl.dot(da.to(kp_dot.dtype), kp_dot, input_precision=DOT_PRECISION)
-        dkp = tl.dot(tl.trans(da.to(s_dot.dtype)), s_dot, input_precision=DOT_PRECISION)  # d k_pool^ [P, D]
+            ap += tl.load(PB + pb_off, mask=valid, other=0.0).to(tl.float32)
+        wp = tl.where(valid, tl.exp2(ap * 1.4426950408889634 - lse[:, None]), 0.0)
+        dwp = tl.dot(do, tl.trans(vp), input_precision=DOT_PRECISION)
+        dap = wp * (dwp - delta[:, None])
+        dc_c += _row_sum(dap * sp)
+        ds += tl.dot(dap.to(kp_dot.dtype), kp_dot, input_precision=DOT_PRECISION)
+        dkp = tl.dot(tl.trans(dap.to(s_dot.dtype)), s_dot, input_precision=DOT_PRECISION)  # d k_pool^ [P, D]
         tl.atomic_add(DKP + prow[:, None] * D + od[None, :], dkp, mask=p_ok[:, None] & dmask[None, :])
-        dvp = tl.dot(tl.trans(w.to(do.dtype)), do, input_precision=DOT_PRECISION)
+        dvp = tl.dot(tl.trans(wp.to(do.dtype)), do, input_precision=DOT_PRECISION)
         tl.atomic_add(DVP + prow[:, None] * DV + ov[None, :], dvp, mask=p_ok[:, None] & vmask[None, :])
         if PB_GRAD:
-            tl.atomic_add(DPB + pb_off, da, mask=valid)
+            tl.atomic_add(DPB + pb_off, dap, mask=valid)
 
     # s = (q^ + qe) c: d qe = sum_n c ds; d c = ds . (q^ + qe) = sum_j dS_j (s . k^_j) / c, and
     # d T = sum_n d c log(L_n + P) sigmoid(T) = sigmoid(T) / softplus(T) sum_n sum_j dS_j (s . k^_j).
@@ -442,7 +444,9 @@ def _bwd_key_kernel(
     v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=k_ok[:, None] & vmask[None, :], other=0.0).to(tl.float32)
     dk_hat = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
-    for l in tl.static_range(L):
+    # a loop, not unrolled: each slot reloads a query state of [BLOCK_M, D] tiles, and unrolling
+    # the 9 slots of a 3x3 window kept several live at once (1280 B of spills at BLOCK_M=64, sm_90)
+    for l in range(L):
         yq = y - (l // WS - R)
         xq = x - (l % WS - R)
         seen = k_ok & (yq >= 0) & (yq < HH) & (xq >= 0) & (xq < WW)
@@ -504,17 +508,14 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **self.meta[which], **extra)
+        tuner, tune = None, False
         if INTERPRETER:
             config = _autotune.interpreter_config(which)
-        elif _autotune.should_tune(self.batch * self.heads * self.height * self.width):
-            _autotune.tuned(which, _KERNELS[which])[self.grid](*args, **kwargs)
-            return
         else:
             config = _autotune.default_config(which, kwargs)
-        tiles = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-        launch_kwargs = {} if INTERPRETER else dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-        _KERNELS[which][self.grid(tiles)](*args, **kwargs, **tiles, **launch_kwargs)
-
+            tuner = _autotune.tuned(which, _KERNELS[which])
+            tune = _autotune.should_tune(self.batch * self.heads * self.height * self.width)
+        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
 
 def _flags(pool_bias, local_bias, learnable_tokens, learnable_bias) -> dict:
     return dict(HAS_PB=pool_bias is not None, HAS_LB=local_bias is not None, HAS_LT=learnable_tokens is not None,
@@ -604,14 +605,28 @@ def aggregated_backward(grad_out, q, k, v, k_pool, v_pool, pool_bias, local_bias
             cast(dlt, learnable_tokens), cast(dlbias, learnable_bias))
 
 
+def step_launches(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
+                  learnable_bias, params: AggregatedParams, backward: bool = True) -> None:
+    """Every kernel launch of one training step for the dispatcher's arguments (those of
+    ``can_run_triton``): the forward, then the backward when ``backward``. Inside an
+    ``aot.compile_session``, on meta tensors, this compiles them (the compile gate and the
+    compile probe call it); anywhere else it runs them."""
+    tensors = (q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
+               learnable_bias)
+    out, lse = aggregated_forward(*tensors, params.window_size)
+    if backward:
+        aggregated_backward(out, *tensors, out, lse, params.window_size, pool_bias is not None)
+
+
 def aggregated_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                      learnable_tokens, learnable_bias, params: AggregatedParams) -> torch.Tensor:
+                      learnable_tokens, learnable_bias, params: AggregatedParams, fallback: bool = False) -> torch.Tensor:
     """aggregated_attention on the fused Triton kernels; inputs already validated and accepted by
-    ``can_run_triton``. Returns ``[B, H, W, heads, v_dim]`` in q's dtype.
+    ``can_run_triton``. Returns ``[B, H, W, heads, v_dim]`` in q's dtype. ``fallback``: kernels
+    that cannot run on this device give the reference's result and a warning (``_triton/fallback.py``).
 
     Runs as the custom op ``torch.ops.attnzoo.aggregated_fwd`` (backward ``attnzoo.aggregated_bwd``),
     so ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
     from ._library import aggregated_fused
 
     return aggregated_fused(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                            learnable_tokens, learnable_bias, params)
+                            learnable_tokens, learnable_bias, params, fallback)

@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import triton
 
-__all__ = ["is_blocked", "size_bucket", "blocked_config", "interpreter_config", "swap_roles", "tuned", "configs",
+__all__ = ["is_blocked", "size_bucket", "blocked_config", "interpreter_config", "tuned", "configs",
            "prune", "default_config", "should_tune", "autotune_enabled"]
 
 Shape = Tuple[int, int, int]
@@ -30,15 +30,21 @@ _TILES: Dict[int, List[Shape]] = {
     2: [(1, 8, 8), (1, 8, 16)],
     3: [(1, 8, 8), (2, 4, 8)],
 }
-# Search axis 2, inner blocks (keys per loop step in the forward): 32 or 64 lanes; much smaller
-# costs loop overhead, much larger wastes masked lanes at the halo's edges.
+# Search axis 2, inner blocks (keys per loop step in the forward and dq kernels, queries in the
+# dk/dv kernel): 32 or 64 lanes; much smaller costs loop overhead, much larger wastes masked lanes
+# at the halo's edges. Preferred first, per kernel, from the compile gate (attnzoo kernels, sm_90,
+# bf16, nat_mini): a 64-query tile with 32-key blocks keeps the forward at 102 registers (dq 166)
+# and no spill, where 64-key blocks reach the 255-register ceiling and spill 24 B (dq 16 B) with
+# the score tile, window mask and bias gather live at once; the dk/dv kernel holds no running
+# softmax and fits 64 x 64 in 200 registers.
 _INNER: Dict[int, List[Shape]] = {
-    1: [(1, 1, 64), (1, 1, 32)],
-    2: [(1, 8, 8), (1, 4, 8)],
-    3: [(1, 8, 8), (2, 4, 4)],
+    1: [(1, 1, 32), (1, 1, 64)],
+    2: [(1, 4, 8), (1, 8, 8)],
+    3: [(2, 4, 4), (1, 8, 8)],
 }
-# Search axis 3, warps: 4 suits 64 x 64 score tiles, 8 the 128 x 64 ones with large head dims
-# (pruned by tile area below).
+_INNER_DKDV: Dict[int, List[Shape]] = {rank: shapes[::-1] for rank, shapes in _INNER.items()}
+# Search axis 3, warps: 4 suits 64 x 32 score tiles, 8 the larger ones (pruned by tile area
+# below). The dk/dv kernel prefers 8: its 64 x 64 tile spills 8 B at 4 warps on sm_80 (compile gate).
 _WARPS = (4, 8)
 # Search axis 4, pipeline stages of the inner loop's loads: 2 hides one block of latency, 3 helps
 # at small head dims where shared memory has room for it.
@@ -79,8 +85,8 @@ def configs(swap: bool = False) -> Tuple[triton.Config, ...]:
     out = []
     for rank in (1, 2, 3):
         for own in _TILES[rank]:
-            for inner in _INNER[rank]:
-                for w in _WARPS:
+            for inner in (_INNER_DKDV if swap else _INNER)[rank]:
+                for w in (_WARPS[::-1] if swap else _WARPS):
                     for s in ((1,) if swap else _STAGES):
                         config = _config(inner, own, w, s) if swap else _config(own, inner, w, s)
                         _RANK_OF[id(config)] = rank
@@ -179,7 +185,7 @@ def blocked_config(kernel: Sequence[int]) -> dict:
     """Own tile = inner block = one window; a single inner step, nothing to tune but warps."""
     lanes = _pow2(math.prod(kernel))
     return dict(T0=kernel[0], T1=kernel[1], T2=kernel[2], U0=kernel[0], U1=kernel[1], U2=kernel[2],
-                BLOCK_M=lanes, BLOCK_N=lanes, num_warps=4 if lanes <= 64 else 8, num_stages=1)
+                BLOCK_M=lanes, BLOCK_N=lanes, num_warps=8, num_stages=1)
 
 
 def interpreter_config(rank: int) -> dict:
@@ -189,15 +195,6 @@ def interpreter_config(rank: int) -> dict:
     own = {1: (1, 1, 16), 2: (1, 4, 4), 3: (2, 2, 4)}[rank]
     return dict(T0=own[0], T1=own[1], T2=own[2], U0=own[0], U1=own[1], U2=own[2],
                 BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-
-
-def swap_roles(meta: dict) -> dict:
-    """The dk/dv kernel's view of a forward config: own tile <-> inner block."""
-    out = dict(meta)
-    for a in range(3):
-        out[f"T{a}"], out[f"U{a}"] = meta[f"U{a}"], meta[f"T{a}"]
-    out["BLOCK_M"], out["BLOCK_N"] = meta["BLOCK_N"], meta["BLOCK_M"]
-    return out
 
 
 # Everything the best tile depends on; tensor dtypes are appended to the key by Triton itself,

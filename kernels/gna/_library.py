@@ -6,7 +6,8 @@ output and the base-2 logsumexp the backward needs) and ``attnzoo::gna_bwd``, wi
 and ``torch.library.opcheck`` tests them (tests/kernels/test_gna_triton.py). The ops are defined
 here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of that module for
 Triton's interpreter) does not register them twice; they look the kernels up at call time.
-Importing this module does not import triton.
+A kernel that cannot run on the device falls back to the reference when the dispatcher chose
+Triton by itself (``fallback``; ``_triton/fallback.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import GNAParams
+from .reference import _gna_reference
 
 __all__ = ["gna_fused"]
 
@@ -31,52 +34,76 @@ def _params(q: Tensor, kernel_size, stride, dilation, is_causal) -> GNAParams:
     return GNAParams(tuple(q.shape[1:-2]), tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal))
 
 
+def _key(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale) -> tuple:
+    return pattern_key("gna", (q, k, v, rpb), (tuple(kernel_size), tuple(stride), tuple(dilation),
+                                                tuple(is_causal), scale))
+
+
 @torch.library.custom_op("attnzoo::gna_fwd", mutates_args=())
 def gna_fwd(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int], stride: List[int],
-            dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
-    return _kernels().gna_forward(q, k, v, rpb, _params(q, kernel_size, stride, dilation, is_causal), scale)
+            dilation: List[int], is_causal: List[bool], scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor]:
+    params = _params(q, kernel_size, stride, dilation, is_causal)
+
+    def reference():  # no logsumexp: the backward of a fallen-back pattern runs the reference too
+        return _gna_reference(q, k, v, params, rpb, scale), q.new_full(q.shape[:-1], float("nan"), dtype=torch.float32)
+
+    return run_or_fall_back(_key(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale),
+                            lambda: _kernels().gna_forward(q, k, v, rpb, params, scale), reference, fallback)
 
 
 @gna_fwd.register_fake
-def _gna_fwd_fake(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale):
+def _gna_fwd_fake(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale, fallback=False):
     return v.new_empty(v.shape, dtype=q.dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op("attnzoo::gna_bwd", mutates_args=())
 def gna_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
             kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool], scale: float,
-            rpb_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            rpb_grad: bool, fallback: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     params = _params(q, kernel_size, stride, dilation, is_causal)
-    dq, dk, dv, drpb = _kernels().gna_backward(grad_out, q, k, v, rpb, out, lse, params, scale, rpb_grad)
+
+    def fused():
+        return _kernels().gna_backward(grad_out, q, k, v, rpb, out, lse, params, scale, rpb_grad)
+
+    def reference():
+        return reference_grads(lambda q_, k_, v_, rpb_: _gna_reference(q_, k_, v_, params, rpb_, scale),
+                               (q, k, v, rpb), grad_out, (True, True, True, rpb_grad))
+
+    dq, dk, dv, drpb = run_or_fall_back(_key(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale),
+                                        fused, reference, fallback)
     # an op returns tensors only: no rpb gradient is an empty tensor
     return dq, dk, dv, (drpb if drpb is not None else q.new_empty(0))
 
 
 @gna_bwd.register_fake
-def _gna_bwd_fake(grad_out, q, k, v, rpb, out, lse, kernel_size, stride, dilation, is_causal, scale, rpb_grad):
+def _gna_bwd_fake(grad_out, q, k, v, rpb, out, lse, kernel_size, stride, dilation, is_causal, scale, rpb_grad,
+                  fallback=False):
     drpb = rpb.new_empty(rpb.shape) if (rpb_grad and rpb is not None) else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale = inputs
+    q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale, fallback = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, rpb, out, lse)
     ctx.pattern = (kernel_size, stride, dilation, is_causal, scale)
+    ctx.fallback = fallback
 
 
 def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
     q, k, v, rpb, out, lse = ctx.saved_tensors
     rpb_grad = rpb is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, drpb = gna_bwd(grad_out, q, k, v, rpb, out, lse, *ctx.pattern, rpb_grad)
-    return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None
+    dq, dk, dv, drpb = gna_bwd(grad_out, q, k, v, rpb, out, lse, *ctx.pattern, rpb_grad, ctx.fallback)
+    return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None, None
 
 
 gna_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def gna_fused(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], params: GNAParams, scale: float) -> Tensor:
-    """gna through the custom op (inputs validated by ``check_gna_inputs``)."""
+def gna_fused(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], params: GNAParams, scale: float,
+              fallback: bool = False) -> Tensor:
+    """gna through the custom op (inputs validated by ``check_gna_inputs``); ``fallback``: a
+    kernel that cannot run on this device makes the pattern use the reference (``_triton/fallback.py``)."""
     out, _ = gna_fwd(q, k, v, rpb, list(params.kernel_size), list(params.stride), list(params.dilation),
-                     list(params.is_causal), float(scale))
+                     list(params.is_causal), float(scale), bool(fallback))
     return out

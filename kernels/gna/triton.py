@@ -55,10 +55,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.launch import launch
 from . import _autotune
 from ._params import GNAParams
 
-__all__ = ["gna_triton", "can_run_triton", "INTERPRETER"]
+__all__ = ["step_launches", "gna_triton", "can_run_triton", "INTERPRETER"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
@@ -82,9 +83,6 @@ def can_run_triton(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
     """None when ``gna_triton`` can run these (already validated) inputs, else the reason why not."""
     if _BUILD_PROBLEM is not None:
         return _BUILD_PROBLEM
-    if q.device.type != "cuda" and not INTERPRETER:
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     if not _head_dim_ok(q.shape[-1]):
@@ -173,13 +171,30 @@ def _in_window(i, ws, we, OWN_IS_QUERY: tl.constexpr):
 
 
 @triton.jit
-def _rel(i, j, K: tl.constexpr, OWN_IS_QUERY: tl.constexpr):
-    """[own, other] rpb coordinate ``key - query + K - 1`` along one axis, clamped into the table."""
-    if OWN_IS_QUERY:
-        r = i[None, :] - j[:, None] + K - 1
-    else:
-        r = i[:, None] - j[None, :] + K - 1
-    return tl.minimum(tl.maximum(r, 0), 2 * K - 2)
+def _and_window(mask, i, ws, we, K: tl.constexpr, T: tl.constexpr, OWN_IS_QUERY: tl.constexpr):
+    """``mask`` and the in-window test along one axis. None is needed where the kernel and the
+    own tile both span one position (the size-1 axes of a canonical 1-D / 2-D problem): the halo
+    along that axis is then exactly the window."""
+    if K > 1 or T > 1:
+        mask = mask & _in_window(i, ws, we, OWN_IS_QUERY)
+    return mask
+
+
+@triton.jit
+def _rel_term(p0, p1, p2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr):
+    """A position's share of an rpb offset: the offset of (query j, key i) is
+    ``sum_a (i_a - j_a + K_a - 1) * stride_a = term(i) - term(j) + term(K - 1)``. One subtraction
+    of two vectors per score tile, no clamp: an in-window pair has ``|i_a - j_a| <= K_a - 1``
+    (stride <= kernel), and every other pair's load is masked. Axes with a kernel of 1 add
+    nothing (``i_a == j_a`` in the window), so the size-1 axes of 1-D / 2-D problems cost nothing."""
+    r = p2 * 0
+    if K2 > 1:
+        r = p2
+    if K1 > 1:
+        r = r + p1 * (2 * K2 - 1)
+    if K0 > 1:
+        r = r + p0 * ((2 * K1 - 1) * (2 * K2 - 1))
+    return r
 
 
 # --- forward -------------------------------------------------------------------------------------
@@ -229,6 +244,8 @@ def _gna_fwd_kernel(
     _, he1 = _window(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, K1, S1, C1)
     _, he2 = _window(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, K2, S2, C2)
 
+    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
+    q_rel = _rel_term(j0, j1, j2, K0, K1, K2) - _rel_term(K0 - 1, K1 - 1, K2 - 1, K0, K1, K2)
     base = b.to(tl.int64) * n_tok * H + h  # row of (b, token 0, h) in the [B * tokens * H] row space
     q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
     od = tl.arange(0, BLOCK_D)
@@ -252,15 +269,14 @@ def _gna_fwd_kernel(
         k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
         v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        mask = k_ok[None, :] & (m[:, None] >= 0)
         if WINDOW_MASK:
-            mask = k_ok[None, :] & _in_window(i0, ws0, we0, True) & _in_window(i1, ws1, we1, True) \
-                & _in_window(i2, ws2, we2, True)
-        else:
-            mask = k_ok[None, :] & (m[:, None] >= 0)
+            mask = _and_window(mask, i0, ws0, we0, K0, T0, True)
+            mask = _and_window(mask, i1, ws1, we1, K1, T1, True)
+            mask = _and_window(mask, i2, ws2, we2, K2, T2, True)
         if HAS_RPB:
-            rel = (_rel(i0, j0, K0, True) * (2 * K1 - 1) + _rel(i1, j1, K1, True)) * (2 * K2 - 1) + _rel(i2, j2, K2, True)
-            table = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
-            s += tl.load(RPB + h * table + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+            rel = _rel_term(i0, i1, i2, K0, K1, K2)[None, :] - q_rel[:, None]
+            s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
         if WINDOW_MASK or (U0 * U1 * U2 != BLOCK_N):
             s = tl.where(mask, s, float("-inf"))
         m_new = tl.maximum(m_i, _row_max(s))
@@ -323,6 +339,8 @@ def _gna_bwd_dq_kernel(
     _, he1 = _window(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, K1, S1, C1)
     _, he2 = _window(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, K2, S2, C2)
 
+    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
+    q_rel = _rel_term(j0, j1, j2, K0, K1, K2) - _rel_term(K0 - 1, K1 - 1, K2 - 1, K0, K1, K2)
     base = b.to(tl.int64) * n_tok * H + h
     q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
     od = tl.arange(0, BLOCK_D)
@@ -349,17 +367,18 @@ def _gna_bwd_dq_kernel(
         # invalid query lanes carry lse = 0 and would give huge p: mask them too
         mask = q_ok[:, None] & k_ok[None, :]
         if WINDOW_MASK:
-            mask = mask & _in_window(i0, ws0, we0, True) & _in_window(i1, ws1, we1, True) & _in_window(i2, ws2, we2, True)
+            mask = _and_window(mask, i0, ws0, we0, K0, T0, True)
+            mask = _and_window(mask, i1, ws1, we1, K1, T1, True)
+            mask = _and_window(mask, i2, ws2, we2, K2, T2, True)
         if HAS_RPB:
-            rel = (_rel(i0, j0, K0, True) * (2 * K1 - 1) + _rel(i1, j1, K1, True)) * (2 * K2 - 1) + _rel(i2, j2, K2, True)
-            table = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
-            s += tl.load(RPB + h * table + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+            rel = _rel_term(i0, i1, i2, K0, K1, K2)[None, :] - q_rel[:, None]
+            s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
         p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         if RPB_GRAD:
-            tl.atomic_add(DRPB + h * table + rel, ds, mask=mask)
+            tl.atomic_add(DRPB + h * TABLE + rel, ds, mask=mask)
 
     tl.store(DQ + q_row[:, None] * D + od[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=q_ok[:, None] & (od[None, :] < D))
@@ -404,6 +423,8 @@ def _gna_bwd_dkdv_kernel(
     qe1 = _first_after(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, search_steps, K1, S1, C1, False)
     qe2 = _first_after(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, search_steps, K2, S2, C2, False)
 
+    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
+    k_rel = _rel_term(i0, i1, i2, K0, K1, K2) + _rel_term(K0 - 1, K1 - 1, K2 - 1, K0, K1, K2)
     base = b.to(tl.int64) * n_tok * H + h
     k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
     od = tl.arange(0, BLOCK_D)
@@ -433,11 +454,12 @@ def _gna_bwd_dkdv_kernel(
             ws0, we0 = _window(j0, glen0, K0, S0, C0)
             ws1, we1 = _window(j1, glen1, K1, S1, C1)
             ws2, we2 = _window(j2, glen2, K2, S2, C2)
-            mask = mask & _in_window(i0, ws0, we0, False) & _in_window(i1, ws1, we1, False) & _in_window(i2, ws2, we2, False)
+            mask = _and_window(mask, i0, ws0, we0, K0, T0, False)
+            mask = _and_window(mask, i1, ws1, we1, K1, T1, False)
+            mask = _and_window(mask, i2, ws2, we2, K2, T2, False)
         if HAS_RPB:
-            rel = (_rel(i0, j0, K0, False) * (2 * K1 - 1) + _rel(i1, j1, K1, False)) * (2 * K2 - 1) + _rel(i2, j2, K2, False)
-            table = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
-            s += tl.load(RPB + h * table + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+            rel = k_rel[:, None] - _rel_term(j0, j1, j2, K0, K1, K2)[None, :]
+            s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
         p = tl.where(mask, tl.exp2(s - lse[None, :]), 0.0)
         dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -493,30 +515,18 @@ class _Launch:
             tiles *= d * triton.cdiv(triton.cdiv(n, d), t)
         return (tiles, self.batch * self.heads)
 
-    def fixed_config(self, which: str, kwargs: dict) -> Optional[dict]:
-        """Meta-parameters when they are not autotuned (blocked fast path, interpreter, small
-        problems, ``ATTNZOO_GNA_AUTOTUNE=0``), in the forward's roles; None: autotune."""
-        if self.blocked:
-            return _autotune.blocked_config(self.kernel)
-        if INTERPRETER:
-            return _autotune.interpreter_config(self.rank)
-        if not _autotune.should_tune(self.batch * self.heads * math.prod(self.spatial)):
-            config = _autotune.default_config(which, kwargs)
-            return _autotune.swap_roles(config) if which == "dkdv" else config
-        return None
-
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        config = self.fixed_config(which, kwargs)
-        if config is None:
-            kernel = _autotune.tuned(which, _KERNELS[which])
-            kernel[self.grid](*args, **kwargs)
-            return
-        tiles = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-        if which == "dkdv":  # own tile = keys, inner blocks = queries
-            tiles = _autotune.swap_roles(tiles)
-        launch_kwargs = {} if INTERPRETER else dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-        _KERNELS[which][self.grid(tiles)](*args, **kwargs, **tiles, **launch_kwargs)
+        tuner, tune = None, False
+        if self.blocked:
+            config = dict(_autotune.blocked_config(self.kernel), _blocked=True)
+        elif INTERPRETER:
+            config = _autotune.interpreter_config(self.rank)
+        else:  # own tile = keys, inner blocks = queries in the dk/dv kernel's config
+            config = _autotune.default_config(which, kwargs)
+            tuner = _autotune.tuned(which, _KERNELS[which])
+            tune = _autotune.should_tune(self.batch * self.heads * math.prod(self.spatial))
+        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
 
 
 _KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_dkdv_kernel}
@@ -560,13 +570,25 @@ def gna_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     return dq, dk, dv, (drpb.to(rpb.dtype) if rpb_grad else None)
 
 
+def step_launches(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float, backward: bool = True) -> None:
+    """Every kernel launch of one training step for the dispatcher's arguments (those of
+    ``can_run_triton``): the forward, then the backward when ``backward``. Inside an
+    ``aot.compile_session``, on meta tensors, this compiles them (the compile gate and the
+    compile probe call it); anywhere else it runs them."""
+    out, lse = gna_forward(q, k, v, rpb, params, scale)
+    if backward:
+        gna_backward(out, q, k, v, rpb, out, lse, params, scale, rpb is not None)
+
+
 def gna_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GNAParams,
-               rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+               rpb: Optional[torch.Tensor], scale: float, fallback: bool = False) -> torch.Tensor:
     """gna on the fused Triton kernels; inputs already validated (``check_gna_inputs``) and
     accepted by ``can_run_triton``. Returns ``[B, *spatial, heads, v_dim]`` in the dtype of q.
+    ``fallback``: kernels that cannot run on this device give the reference's result and a warning
+    instead of an error (``backend=None``; ``_triton/fallback.py``).
 
     Runs as the custom op ``torch.ops.attnzoo.gna_fwd`` (its backward ``attnzoo.gna_bwd``), so
     ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
     from ._library import gna_fused
 
-    return gna_fused(q, k, v, rpb, params, scale)
+    return gna_fused(q, k, v, rpb, params, scale, fallback)

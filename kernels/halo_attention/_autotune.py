@@ -119,6 +119,8 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
         if (2 * c.num_stages * inner + own) * _pow2(head) * elem > _SMEM_BYTES:
             return False
         area = own * inner
+        if backward and head >= 64:  # five [own, d] accumulators: 8 warps halve each thread's share
+            return c.num_warps == 8 or area < 64 * 64
         return not ((c.num_warps == 8 and area < 64 * 64) or (c.num_warps == 4 and area >= 128 * 64 and head > 64))
 
     can = [c for c in configs if runnable(c)]
@@ -143,9 +145,14 @@ def default_config(which: str, named_args: dict) -> dict:
     the nearest surviving config otherwise."""
     kept = prune(configs(which), {}, **named_args)
     own = bwd_block_m(named_args["BQ"])
-    inner = max(32, window_lanes(named_args["WIN"]))
+    # the backward keeps more live tiles (dq, dk, dv partials, the relative logits' gradients):
+    # one window row per key step and, at head dims of 64, 8 warps keep it below the register
+    # ceiling (compile gate, sm_80: 64 x 32 spills 88-160 B at 4 warps)
+    backward = which == "bwd"
+    inner = window_lanes(named_args["WIN"]) if backward else max(32, window_lanes(named_args["WIN"]))
+    warps = 8 if backward and max(named_args["D"], named_args["DV"]) >= 64 else 4
     config = min(kept, key=lambda c: (abs(c.kwargs["BLOCK_M"] - own), abs(c.kwargs["BLOCK_N"] - inner),
-                                      c.num_warps != 4, -c.num_stages))
+                                      c.num_warps != warps, -c.num_stages))
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 

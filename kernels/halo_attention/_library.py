@@ -7,7 +7,8 @@ formula that ties them together.
 and ``torch.library.opcheck`` tests them (tests/kernels/test_halo_attention_triton.py). The ops
 are defined here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of
 that module for Triton's interpreter) does not register them twice; they look the kernels up at
-call time. Importing this module does not import triton.
+call time. A kernel that cannot run on the device falls back to the reference when the
+dispatcher chose Triton by itself (``fallback``; ``_triton/fallback.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import HaloParams
+from .reference import _halo_reference
 
 __all__ = ["halo_fused"]
 
@@ -28,50 +31,77 @@ def _kernels():
     return sys.modules[__package__ + ".triton"]
 
 
+def _key(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale) -> tuple:
+    return pattern_key("halo_attention", (q, k, v, height_rel, width_rel), (block_size, halo_size, query_stride, scale))
+
+
+def _params(k: Tensor, block_size: int, halo_size: int, query_stride: int) -> HaloParams:
+    return HaloParams((k.shape[1], k.shape[2]), block_size, halo_size, query_stride)
+
+
 @torch.library.custom_op("attnzoo::halo_fwd", mutates_args=())
 def halo_fwd(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, block_size: int, halo_size: int,
-             query_stride: int, scale: float) -> Tuple[Tensor, Tensor]:
-    return _kernels().halo_forward(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale)
+             query_stride: int, scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor]:
+    sizes = (block_size, halo_size, query_stride)
+
+    def reference():  # no logsumexp: the backward of a fallen-back pattern runs the reference too
+        out = _halo_reference(q, k, v, height_rel, width_rel, _params(k, *sizes), scale)
+        return out, q.new_full(q.shape[:4], float("nan"), dtype=torch.float32)
+
+    return run_or_fall_back(_key(q, k, v, height_rel, width_rel, *sizes, scale),
+                            lambda: _kernels().halo_forward(q, k, v, height_rel, width_rel, *sizes, scale),
+                            reference, fallback)
 
 
 @halo_fwd.register_fake
-def _halo_fwd_fake(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale):
+def _halo_fwd_fake(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale, fallback=False):
     return q.new_empty((*q.shape[:4], v.shape[-1])), q.new_empty(q.shape[:4], dtype=torch.float32)
 
 
 @torch.library.custom_op("attnzoo::halo_bwd", mutates_args=())
 def halo_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, out: Tensor,
              lse: Tensor, block_size: int, halo_size: int, query_stride: int,
-             scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _kernels().halo_backward(grad_out, q, k, v, height_rel, width_rel, out, lse, block_size, halo_size,
-                                    query_stride, scale)
+             scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    sizes = (block_size, halo_size, query_stride)
+    params = _params(k, *sizes)
+
+    def reference():
+        return reference_grads(lambda *t: _halo_reference(*t, params, scale), (q, k, v, height_rel, width_rel),
+                               grad_out, (True,) * 5)
+
+    return run_or_fall_back(_key(q, k, v, height_rel, width_rel, *sizes, scale),
+                            lambda: _kernels().halo_backward(grad_out, q, k, v, height_rel, width_rel, out, lse, *sizes,
+                                                             scale),
+                            reference, fallback)
 
 
 @halo_bwd.register_fake
-def _halo_bwd_fake(grad_out, q, k, v, height_rel, width_rel, out, lse, block_size, halo_size, query_stride, scale):
+def _halo_bwd_fake(grad_out, q, k, v, height_rel, width_rel, out, lse, block_size, halo_size, query_stride, scale,
+                   fallback=False):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(height_rel),
             torch.empty_like(width_rel))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale = inputs
+    q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale, fallback = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, height_rel, width_rel, out, lse)
-    ctx.pattern = (block_size, halo_size, query_stride, scale)
+    ctx.pattern = (block_size, halo_size, query_stride, scale, fallback)
 
 
 def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
     q, k, v, height_rel, width_rel, out, lse = ctx.saved_tensors
     grads = halo_bwd(grad_out, q, k, v, height_rel, width_rel, out, lse, *ctx.pattern)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 halo_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def halo_fused(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, params: HaloParams,
-               scale: float) -> Tensor:
-    """halo_attention through the custom op (inputs validated by ``check_halo_inputs``)."""
+               scale: float, fallback: bool = False) -> Tensor:
+    """halo_attention through the custom op (inputs validated by ``check_halo_inputs``);
+    ``fallback``: see ``_triton/fallback.py``."""
     out, _ = halo_fwd(q, k, v, height_rel, width_rel, params.block_size, params.halo_size, params.query_stride,
-                      float(scale))
+                      float(scale), bool(fallback))
     return out

@@ -76,12 +76,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .._triton.launch import launch
 from . import _autotune
 from ._autotune import MAX_WINDOW, bwd_block_m, packing, window_lanes
 from ._params import HaloParams
 from .reference import relative_index
 
-__all__ = ["halo_triton", "halo_forward", "halo_backward", "relative_tables", "can_run_triton", "INTERPRETER"]
+__all__ = ["step_launches", "halo_triton", "halo_forward", "halo_backward", "relative_tables", "can_run_triton", "INTERPRETER"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
@@ -103,9 +104,6 @@ def can_run_triton(q, k, v, height_rel, width_rel, params: HaloParams, scale: fl
     """None when ``halo_triton`` can run these (already validated) inputs, else the reason why not."""
     if _BUILD_PROBLEM is not None:
         return _BUILD_PROBLEM
-    if q.device.type != "cuda" and not INTERPRETER:
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     for name, t in (("height_rel", height_rel), ("width_rel", width_rel)):
@@ -360,18 +358,15 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
+        tuner, tune = None, False
         if INTERPRETER:
             config = _autotune.interpreter_config(which, self.bq, self.window)
-        elif _autotune.should_tune(self.batch * self.heads * self.runtime["HQ"] * self.runtime["WQ"]):
-            _autotune.tuned(which, _KERNELS[which])[self.grid](*args, **kwargs)
-            return
         else:
             named = dict(kwargs, DRH=None) if which == "bwd" else kwargs
             config = _autotune.default_config(which, named)
-        blocks = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-        launch_kwargs = {} if INTERPRETER else dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-        _KERNELS[which][self.grid(blocks)](*args, **kwargs, **blocks, **launch_kwargs)
-
+            tuner = _autotune.tuned(which, _KERNELS[which])
+            tune = _autotune.should_tune(self.batch * self.heads * self.runtime["HQ"] * self.runtime["WQ"])
+        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
 
 def _rel_rows(table: torch.Tensor, bq: int, window: int) -> torch.Tensor:
     """``[bq, win, d]`` float32: the table row of each (query index, window index) pair of one axis."""
@@ -470,13 +465,26 @@ def halo_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
             d_height.to(height_rel.dtype), d_width.to(width_rel.dtype))
 
 
+def step_launches(q, k, v, height_rel, width_rel, params: HaloParams, scale: float, backward: bool = True) -> None:
+    """Every kernel launch of one training step for the dispatcher's arguments (those of
+    ``can_run_triton``): the forward, then the backward when ``backward``. Inside an
+    ``aot.compile_session``, on meta tensors, this compiles them (the compile gate and the
+    compile probe call it); anywhere else it runs them."""
+    sizes = (params.block_size, params.halo_size, params.query_stride)
+    out, lse = halo_forward(q, k, v, height_rel, width_rel, *sizes, scale)
+    if backward:
+        halo_backward(out, q, k, v, height_rel, width_rel, out, lse, *sizes, scale)
+
+
 def halo_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
-                params: HaloParams, scale: float) -> torch.Tensor:
+                params: HaloParams, scale: float, fallback: bool = False) -> torch.Tensor:
     """halo_attention on the fused Triton kernels; inputs already validated (``check_halo_inputs``)
     and accepted by ``can_run_triton``. Returns ``[B, H/s, W/s, heads, v_dim]`` in the dtype of q.
+    ``fallback``: kernels that cannot run on this device give the reference's result and a warning
+    (``_triton/fallback.py``).
 
     Runs as the custom op ``torch.ops.attnzoo.halo_fwd`` (its backward ``attnzoo.halo_bwd``), so
     ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
     from ._library import halo_fused
 
-    return halo_fused(q, k, v, height_rel, width_rel, params, scale)
+    return halo_fused(q, k, v, height_rel, width_rel, params, scale, fallback)

@@ -7,7 +7,8 @@ and ``torch.library.opcheck`` tests them (tests/kernels/test_routed_attention_tr
 routing index is an input (routing itself stays in PyTorch, traced around the op) and gets no
 gradient. The ops are defined here, not in ``triton.py``, so that rebuilding the kernels
 (``importlib.reload`` of that module for Triton's interpreter) does not register them twice; they
-look the kernels up at call time. Importing this module does not import triton.
+look the kernels up at call time. A kernel that cannot run on the device falls back to the reference when the
+dispatcher chose Triton by itself (``fallback``; ``_triton/fallback.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import RoutedParams
+from .reference import _routed_reference
 
 __all__ = ["routed_fused"]
 
@@ -28,45 +31,64 @@ def _kernels():
     return sys.modules[__package__ + ".triton"]
 
 
+def _params(q: Tensor, index: Tensor, num_regions: int) -> RoutedParams:
+    return RoutedParams((q.shape[1], q.shape[2]), num_regions, index.shape[-1])
+
+
 @torch.library.custom_op("attnzoo::routed_fwd", mutates_args=())
-def routed_fwd(q: Tensor, k: Tensor, v: Tensor, index: Tensor, num_regions: int, scale: float) -> Tuple[Tensor, Tensor]:
-    return _kernels().routed_forward(q, k, v, index, num_regions, scale)
+def routed_fwd(q: Tensor, k: Tensor, v: Tensor, index: Tensor, num_regions: int, scale: float,
+               fallback: bool = False) -> Tuple[Tensor, Tensor]:
+    def reference():  # no logsumexp: the backward of a fallen-back pattern runs the reference too
+        out = _routed_reference(q, k, v, _params(q, index, num_regions), scale, index)
+        return out, q.new_full(q.shape[:-1], float("nan"), dtype=torch.float32)
+
+    return run_or_fall_back(pattern_key("routed_attention", (q, k, v, index), (num_regions, scale)),
+                            lambda: _kernels().routed_forward(q, k, v, index, num_regions, scale), reference, fallback)
 
 
 @routed_fwd.register_fake
-def _routed_fwd_fake(q, k, v, index, num_regions, scale):
+def _routed_fwd_fake(q, k, v, index, num_regions, scale, fallback=False):
     return v.new_empty(v.shape, dtype=q.dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op("attnzoo::routed_bwd", mutates_args=())
 def routed_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, index: Tensor, out: Tensor, lse: Tensor,
-               num_regions: int, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
-    return _kernels().routed_backward(grad_out, q, k, v, index, out, lse, num_regions, scale)
+               num_regions: int, scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    params = _params(q, index, num_regions)
+
+    def reference():
+        return reference_grads(lambda q_, k_, v_: _routed_reference(q_, k_, v_, params, scale, index), (q, k, v),
+                               grad_out, (True, True, True))
+
+    return run_or_fall_back(pattern_key("routed_attention", (q, k, v, index), (num_regions, scale)),
+                            lambda: _kernels().routed_backward(grad_out, q, k, v, index, out, lse, num_regions, scale),
+                            reference, fallback)
 
 
 @routed_bwd.register_fake
-def _routed_bwd_fake(grad_out, q, k, v, index, out, lse, num_regions, scale):
+def _routed_bwd_fake(grad_out, q, k, v, index, out, lse, num_regions, scale, fallback=False):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, index, num_regions, scale = inputs
+    q, k, v, index, num_regions, scale, fallback = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, index, out, lse)
-    ctx.pattern = (num_regions, scale)
+    ctx.pattern = (num_regions, scale, fallback)
 
 
 def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
     q, k, v, index, out, lse = ctx.saved_tensors
     dq, dk, dv = routed_bwd(grad_out, q, k, v, index, out, lse, *ctx.pattern)
-    return dq, dk, dv, None, None, None
+    return dq, dk, dv, None, None, None, None
 
 
 routed_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def routed_fused(q: Tensor, k: Tensor, v: Tensor, index: Tensor, params: RoutedParams, scale: float) -> Tensor:
+def routed_fused(q: Tensor, k: Tensor, v: Tensor, index: Tensor, params: RoutedParams, scale: float,
+                 fallback: bool = False) -> Tensor:
     """routed_attention through the custom op (inputs validated by ``check_routed_inputs``, index
-    ``[B, S*S, topk]`` int64)."""
-    out, _ = routed_fwd(q, k, v, index, params.num_regions, float(scale))
+    ``[B, S*S, topk]`` int64); ``fallback``: see ``_triton/fallback.py``."""
+    out, _ = routed_fwd(q, k, v, index, params.num_regions, float(scale), bool(fallback))
     return out

@@ -63,11 +63,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.launch import launch
 from . import _autotune
 from ._autotune import packing
 from ._params import RoutedParams
 
-__all__ = ["routed_triton", "routed_forward", "routed_backward", "reverse_index", "can_run_triton", "INTERPRETER"]
+__all__ = ["step_launches", "routed_triton", "routed_forward", "routed_backward", "reverse_index", "can_run_triton", "INTERPRETER"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
@@ -89,9 +90,6 @@ def can_run_triton(q, k, v, params: RoutedParams, scale: float, index: Optional[
     """None when ``routed_triton`` can run these (already validated) inputs, else the reason why not."""
     if _BUILD_PROBLEM is not None:
         return _BUILD_PROBLEM
-    if q.device.type != "cuda" and not INTERPRETER:
-        return (f"inputs are on {q.device.type}; the Triton kernels run on CUDA devices "
-                "(or on the CPU under Triton's interpreter, TRITON_INTERPRET=1 before import)")
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     if not _head_dim_ok(q.shape[-1]):
@@ -381,17 +379,14 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
+        tuner, tune = None, False
         if INTERPRETER:
             config = _autotune.interpreter_config()
-        elif _autotune.should_tune(self.batch * self.n_groups * self.tokens):
-            _autotune.tuned(which, _KERNELS[which])[self.grid](*args, **kwargs)
-            return
         else:
             config = _autotune.default_config(which, self.tokens, max(self.meta["D"], self.meta["DV"]), self.elem)
-        blocks = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-        launch_kwargs = {} if INTERPRETER else dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-        _KERNELS[which][self.grid(blocks)](*args, **kwargs, **blocks, **launch_kwargs)
-
+            tuner = _autotune.tuned(which, _KERNELS[which])
+            tune = _autotune.should_tune(self.batch * self.n_groups * self.tokens)
+        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
 
 def reverse_index(index: torch.Tensor, regions: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The routing index inverted: for each batch element and key region, the query regions routed
@@ -438,11 +433,26 @@ def routed_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     return dq, dk, dv
 
 
+def step_launches(q, k, v, params: RoutedParams, scale: float, index: Optional[torch.Tensor],
+                  backward: bool = True) -> None:
+    """Every kernel launch of one training step for the dispatcher's arguments (those of
+    ``can_run_triton``): the forward, then the backward when ``backward``. Inside an
+    ``aot.compile_session``, on meta tensors, this compiles them (the compile gate and the
+    compile probe call it); anywhere else it runs them."""
+    from .reference import _route
+
+    index = _route(q, k, params) if index is None else index
+    out, lse = routed_forward(q, k, v, index, params.num_regions, scale)
+    if backward:
+        routed_backward(out, q, k, v, index, out, lse, params.num_regions, scale)
+
+
 def routed_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: RoutedParams, scale: float,
-                  index: Optional[torch.Tensor]) -> torch.Tensor:
+                  index: Optional[torch.Tensor], fallback: bool = False) -> torch.Tensor:
     """routed_attention on the fused Triton kernels; inputs already validated
     (``check_routed_inputs``) and accepted by ``can_run_triton``. Routes in PyTorch when ``index``
-    is None. Returns ``[B, H, W, heads, v_dim]`` in the dtype of q.
+    is None. Returns ``[B, H, W, heads, v_dim]`` in the dtype of q. ``fallback``: kernels that
+    cannot run on this device give the reference's result and a warning (``_triton/fallback.py``).
 
     Runs as the custom op ``torch.ops.attnzoo.routed_fwd`` (its backward ``attnzoo.routed_bwd``),
     so ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
@@ -451,4 +461,4 @@ def routed_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Rou
 
     if index is None:
         index = _route(q, k, params)
-    return routed_fused(q, k, v, index, params, scale)
+    return routed_fused(q, k, v, index, params, scale, fallback)

@@ -327,7 +327,9 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
                                      i.get("learnable_bias"), window)
     args = (i["q"], k, v, k_pool, v_pool, i.get("pool_bias"), i.get("local_bias"), i["query_embedding"],
             i["temperature"], i.get("learnable_tokens"), i.get("learnable_bias"), params)
-    assert aggregated_attention_op.select(None, *args) is triton_backend.aggregated_triton
+    chosen = aggregated_attention_op.select(None, *args)
+    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
+    assert chosen.func is triton_backend.aggregated_triton and chosen.keywords == {"fallback": True}
 
 
 # --- tile configurations (no kernel runs) --------------------------------------------------------

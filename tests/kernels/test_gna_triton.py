@@ -348,7 +348,9 @@ def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
     monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
-    assert gna_op.select(None, *_select_args()) is triton_backend.gna_triton
+    chosen = gna_op.select(None, *_select_args())
+    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
+    assert chosen.func is triton_backend.gna_triton and chosen.keywords == {"fallback": True}
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------
