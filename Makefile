@@ -22,7 +22,7 @@ PYTEST_WORKERS ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := bench
-.PHONY: bench test setup setup-mm setup-timm-tests
+.PHONY: bench test setup setup-mm setup-timm-tests gpu-check kernels
 
 bench: setup
 	$(VENV)/bin/attnzoo bench $(BENCH_ARGS)
@@ -33,6 +33,15 @@ test: setup setup-mm setup-timm-tests
 	ATTNZOO_REQUIRE_MM=1 ATTNZOO_REQUIRE_TIMM_TESTS=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 setup: $(STAMP)
+
+# The compile gate before a kernel commit: every fused kernel compiled for sm_90 in bf16 (no GPU).
+kernels: setup
+	$(VENV)/bin/attnzoo kernels --quick
+
+# The prepared GPU check (tools/gpu_check.sh): gpu tests, selftest, bench-ops, bench; tables into
+# results/. Needs no network or set-up beyond torch / triton / timm; SMALL=1 rehearses it on a CPU.
+gpu-check:
+	bash tools/gpu_check.sh
 
 # The sdist of the pinned timm, unpacked into an ignored folder (the tests run offline from it).
 setup-timm-tests: $(TIMM_TESTS)
