@@ -162,6 +162,27 @@ def _print_table(rows: List[Dict[str, str]], columns=_SHOWN) -> None:
         print("| " + " | ".join(r[c].ljust(widths[c]) for c in columns) + " |")
 
 
+def summary_rows(builds) -> List[Dict[str, str]]:
+    """One row per (op, kernel, target): how many builds, the worst registers / spill / shared
+    memory and the range of occupancy over them, default / blocked configs and tuned ones apart."""
+    groups: Dict[tuple, list] = defaultdict(list)
+    for b in builds:
+        groups[(b.op, b.kernel, b.target.name, "tuned" if b.label == "tuned" else "default")].append(b)
+    rows = []
+    for (op, kernel, target, kind), bs in sorted(groups.items()):
+        ok = [b for b in bs if b.error is None]
+        occ = [b.occupancy for b in ok if b.occupancy is not None]
+        rows.append({
+            "op": op, "kernel": kernel, "target": target, "configs": kind, "builds": str(len(bs)),
+            "registers (max)": str(max((b.registers for b in ok), default="-")),
+            "spill B (max)": str(max((b.spill_bytes for b in ok), default="-")),
+            "smem KiB (max)": _kib(max((b.shared for b in ok), default=None)),
+            "occupancy": f"{min(occ):.0%}-{max(occ):.0%}" if occ else "-",
+            "problems": str(sum(bool(b.problems()) for b in bs)),
+        })
+    return rows
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from attnzoo.kernels._triton.aot import TARGETS
 
@@ -218,6 +239,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         pool.join()
     rows = _rows(builds)
     _print_table(rows)
+    print()
+    summary = summary_rows(builds)
+    _print_table(summary, columns=tuple(summary[0]) if summary else ())
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(_SHOWN) + ["config", "cases"])
