@@ -53,7 +53,7 @@ cat "$OUT/device.txt"
 SMALL_MODELS=nat_mini,az_maxvit_rmlp_pico_rw_256,az_davit_tiny,az_halonet26t,biformer_tiny,transnext_micro
 if [ "$SMALL" = 1 ]; then
     step "interpreter tests (fallback, gna)" 300 gpu-tests.txt env TRITON_INTERPRET=1 "$PY" -m pytest -q -p no:cacheprovider -p no:xdist tests/kernels/test_fallback.py
-    step "selftest --small" 300 selftest.md "${AZ[@]}" selftest --small --models nat_mini,biformer_tiny --dtypes float32
+    step "selftest --small" 300 selftest.md "${AZ[@]}" selftest --small --models biformer_tiny --size 32x32
     step "bench-ops --small" 240 bench-ops.md "${AZ[@]}" bench-ops --small --ops gna
     step "bench triton vs reference" 120 bench.md "${AZ[@]}" bench --models nat_mini --img-size 64 --budget 2 --backends reference
 else
