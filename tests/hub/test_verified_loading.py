@@ -154,7 +154,7 @@ def test_integer_or_bool_checkpoint_is_refused_naming_the_key(tmp_path, dtype):
     bad = {k: torch.ones(v.shape, dtype=dtype) for k, v in keys.items()}
     path = tmp_path / "bad.safetensors"
     save_file(bad, str(path))
-    with pytest.raises(PretrainedLoadError, match=rf"^{name}: tensor '.+' of .*bad.safetensors is torch\.{str(dtype)[6:]}, but {name} holds it as torch.float32"):
+    with pytest.raises(PretrainedLoadError, match=rf"^{name}: tensor '.+' of '.*bad.safetensors' is torch\.{str(dtype)[6:]}, but {name} holds it as torch.float32"):
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
@@ -163,11 +163,11 @@ def test_non_finite_and_misshapen_tensors_are_refused(tmp_path, weights):
     key = [k for k, v in state.items() if v.is_floating_point() and v.dim() == 4][-1]  # not the input conv (timm adapts that one)
     nan = dict(state, **{key: state[key].clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan")))})
     save_file(nan, str(tmp_path / "nan.safetensors"))
-    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of .*nan.safetensors has \d+ non-finite"):
+    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of '.*nan.safetensors' has \d+ non-finite"):
         timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "nan.safetensors")))
     small = dict(state, **{key: state[key][:1].contiguous()})
     save_file(small, str(tmp_path / "shape.safetensors"))
-    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of .*shape.safetensors has shape \(1,"):
+    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of '.*shape.safetensors' has shape \(1,"):
         timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "shape.safetensors")))
 
 
