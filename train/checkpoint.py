@@ -78,9 +78,14 @@ class _HashingWriter:
     def __init__(self, f: BinaryIO):
         self._f = f
         self._h = hashlib.sha256()
+        self.error: Optional[OSError] = None  # torch's writer turns an exception of write() into "unexpected pos"
 
     def write(self, data) -> int:
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
         self._h.update(data)
         return n if n is not None else len(data)
 
@@ -115,10 +120,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, digest: bool 
     docstring). Any OSError becomes ``OutputWriteError`` with ``path`` and every existing file intact."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    out = None
     try:
         with _open_for_writing(tmp) as f:
             out = _HashingWriter(f)
-            write(out)
+            try:
+                write(out)
+            except Exception as exc:
+                if out.error is not None and not isinstance(exc, OSError):
+                    raise out.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
