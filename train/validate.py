@@ -33,12 +33,17 @@ def _warn(message: str) -> None:
 def _record(meta: Dict[str, Any], path: str) -> Dict[str, Any]:
     """model / num_classes / model_kwargs from a weights file's record (safetensors metadata strings
     or a training checkpoint's meta)."""
+    def parsed(key):
+        value = meta.get(key)
+        return (json.loads(value) if value else None) if isinstance(value, str) else value
+
     try:
-        num_classes = meta.get("num_classes")
-        kwargs = meta.get("model_kwargs")
+        num_classes, img_size = meta.get("num_classes"), meta.get("img_size")
         return {"model": meta.get("model") or None,
                 "num_classes": int(num_classes) if num_classes not in (None, "") else None,
-                "model_kwargs": (json.loads(kwargs) if isinstance(kwargs, str) else kwargs) or None}
+                "model_kwargs": parsed("model_kwargs") or None,
+                "img_size": int(img_size) if img_size not in (None, "") else None,
+                "data_config": parsed("data_config") or {}}
     except (TypeError, ValueError) as e:
         raise TrainInputError(f"--checkpoint: {path!r} records its model settings unreadably ({e})") from None
 
@@ -94,6 +99,17 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise TrainInputError(f"--checkpoint: {args.checkpoint!r} holds weights of --model {info['model']!r}, not {args.model!r}")
     if not args.model_kwargs and info.get("model_kwargs"):
         args.model_kwargs = info["model_kwargs"]
+    # the evaluation transforms of the run that wrote the weights, unless given
+    if args.img_size is None and info.get("img_size"):
+        args.img_size = info["img_size"]
+    recorded = info.get("data_config") or {}
+    for key in ("mean", "std"):
+        if getattr(args, key) is None and recorded.get(key):
+            setattr(args, key, tuple(recorded[key]))
+    if args.crop_pct is None and recorded.get("crop_pct") is not None:
+        args.crop_pct = recorded["crop_pct"]
+    if not args.interpolation and recorded.get("interpolation"):
+        args.interpolation = recorded["interpolation"]
     splits = build_datasets(args, train_split=None)
     num_classes = args.num_classes or info.get("num_classes") or splits.num_classes
     if splits.num_classes > num_classes:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    "UnreadableCheckpoint", "DigestMismatch", "read_checkpoint_file", "unwrap_state_dict", "fit_layout",
+    "UnreadableCheckpoint", "DigestMismatch", "read_checkpoint_file", "read_record", "unwrap_state_dict", "fit_layout",
     "file_sha256", "digest_path", "read_digests", "write_digest", "verify_digest", "DIGEST_SUFFIX",
 ]
 
@@ -76,7 +76,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
 
 
-_GLOBALS = re.compile(r"(?:GLOBAL|[Uu]nsupported globals?:)\s+([\w.]+(?:,\s*[\w.]+)*)")
+_GLOBALS = (re.compile(r"GLOBAL\s+([\w.]+)"), re.compile(r"[Uu]nsupported globals?:\s+([\w.]+(?:,\s*[\w.]+)*)"))
 
 
 def _weights_only_reason(exc: BaseException) -> Optional[str]:
@@ -85,7 +85,7 @@ def _weights_only_reason(exc: BaseException) -> Optional[str]:
     text = str(exc)
     if not ("weights_only" in text or "Weights only" in text or "WeightsUnpickler" in text):
         return None
-    found = _GLOBALS.findall(text)
+    found = _GLOBALS[0].findall(text) or _GLOBALS[1].findall(text)
     if found:
         return "it would import " + ", ".join(dict.fromkeys(g.strip() for f in found for g in f.split(",")))
     m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
@@ -138,6 +138,31 @@ def read_checkpoint_file(path: str) -> Tuple[Any, Dict[str, str]]:
         start = f.read(8).hex(" ")
     raise UnreadableCheckpoint(f"{path!r} is not a checkpoint: neither a torch file (zip archive or pickle) nor safetensors "
                                f"({size} bytes starting {start})")
+
+
+def read_record(path: str) -> Dict[str, Any]:
+    """What a checkpoint file records about its model, read without loading its tensors: the
+    safetensors metadata (strings), or a torch checkpoint's ``meta`` dict (``attnzoo train``'s
+    training checkpoints; memory-mapped); {} when it records nothing. Raises ``UnreadableCheckpoint``."""
+    path = str(path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return read_checkpoint_file(path)[1]  # raises the named error
+    kind = _sniff(path, os.path.getsize(path))
+    if kind == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                return dict(f.metadata() or {})
+        except Exception:
+            return read_checkpoint_file(path)[1]
+    if kind == "zip":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return read_checkpoint_file(path)[1]
+        return dict(obj["meta"]) if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
+    return read_checkpoint_file(path)[1] if kind != "pickle" else {}
 
 
 def unwrap_state_dict(obj: Any) -> Any:
