@@ -3,11 +3,13 @@
 Three ways in, one set of checks:
 
 * ``build_model`` (every family's create function, i.e. timm's ``pretrained=True`` path and
-  ``timm.create_model('hf-hub:ORG/NAME')``): resolves the pretrained cfg, fetches and verifies the
-  file here, and hands timm a local file; the family's ``checkpoint_filter_fn`` runs under
-  ``check_state_dict``.
+  ``timm.create_model('hf-hub:ORG/NAME')``): resolves the pretrained cfg, fetches, verifies and
+  reads the file here before the model is built, and hands timm the state dict through the
+  family's ``checkpoint_filter_fn``, run under ``check_state_dict``.
 * ``attnzoo.mm.AttnZooBackbone(init_cfg=...)`` and ``attnzoo convert``: ``fetch_checkpoint`` +
   ``read_state_dict`` + the family filter + ``check_state_dict``.
+* ``create_model``: ``timm.create_model`` that fetches an ``hf-hub:`` model's ``config.json``
+  here first (timm's own fetch of it retries for tens of seconds on a failing Hub).
 
 What is verified:
 
@@ -19,15 +21,21 @@ What is verified:
 * URLs (``url_file``): cached under a name derived from the whole URL, written through a temp
   file and renamed; checked against a sha256 when one is given, as pip's ``#sha256=<hex>`` URL
   fragment (in a cfg's ``url``, an ``init_cfg`` checkpoint or ``attnzoo convert --checkpoint``).
-* Tensors (``check_state_dict``): floating tensors are finite; a parameter the model holds in a
-  floating dtype must come as a floating tensor (int / bool / complex are refused); shapes must
-  equal the model's. Every message names the model, the key and the file.
+* Local files: the format is read from the bytes (torch files with ``weights_only=True`` only),
+  and a file with a ``.sha256`` sidecar (what ``attnzoo train`` writes) must match it
+  (``attnzoo._checkpoint``); an empty, text, damaged or foreign file is named as what it is.
+* Tensors (``check_state_dict``): the names are the model's (none missing, none extra);
+  floating tensors are finite; a parameter the model holds in a floating dtype must come as a
+  floating tensor (int / bool / complex are refused); shapes equal the model's exactly (the
+  family filters convert only the layouts they know). Every message names the model, the key and
+  the file, and nothing is copied into the model before all checks pass.
 
 Failures are fast and named: a missing repo or file, an HTTP error (with its status), a timeout
 (``HF_HUB_ETAG_TIMEOUT`` for the metadata call, ``HF_HUB_DOWNLOAD_TIMEOUT`` for the transfer) and
 offline mode with an empty cache each raise one ``PretrainedLoadError`` naming the model, the
-repo or URL and the file, and saying how to pass the file locally. attnzoo's own cache lives in
-``$ATTNZOO_CACHE`` (default ``~/.cache/attnzoo``).
+repo or URL and the file, and saying how to pass the file locally in the caller's terms (timm's
+``pretrained_cfg_overlay``, OpenMMLab's ``init_cfg``, ``attnzoo convert --checkpoint``).
+attnzoo's own cache lives in ``$ATTNZOO_CACHE`` (default ``~/.cache/attnzoo``).
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ import torch
 from ._checkpoint import DigestMismatch, UnreadableCheckpoint, read_checkpoint_file, unwrap_state_dict, verify_digest
 
 __all__ = [
-    "PretrainedLoadError", "build_model", "cache_dir", "check_state_dict", "fetch_checkpoint",
+    "PretrainedLoadError", "build_model", "cache_dir", "check_state_dict", "create_model", "fetch_checkpoint",
     "hub_file", "read_checkpoint", "read_state_dict", "url_file", "WEIGHT_FILES",
 ]
 
@@ -416,6 +424,36 @@ def check_state_dict(state: Dict[str, torch.Tensor], model: torch.nn.Module, *, 
                 f"model kwargs?)" if len(misshapen) > 1 else "")
         raise PretrainedLoadError(f"{model_name}: tensor {key!r} of {source} has shape {got}, {model_name} needs {need}{more}; "
                                   "nothing was loaded")
+
+
+# --- hf-hub: model names -----------------------------------------------------------------------
+
+def create_model(model_name: str, pretrained: bool = False, **kwargs):
+    """``timm.create_model`` (same arguments, same model) that fails fast and named on the Hub.
+
+    For an ``hf-hub:<org>/<repo>[@<revision>]`` name, timm fetches the repo's ``config.json``
+    itself (``hf_hub_download``) before any attnzoo code runs, and huggingface_hub retries that
+    request when no copy is cached (a 5xx or a timeout: 5 more tries with 1-8 s pauses, up to 60 s
+    each), then ends in an error that names neither repo nor file. Here ``config.json`` is fetched
+    first by ``hub_file`` (one metadata request within ``HF_HUB_ETAG_TIMEOUT``, checked against the
+    Hub's hash): a failure is one ``PretrainedLoadError`` naming the repo and the file; on success
+    timm finds it cached and does not retry. The weights are fetched and verified by attnzoo on
+    both paths. Other names go to ``timm.create_model`` unchanged.
+    """
+    import timm
+
+    source, _, rest = model_name.partition(":")
+    if rest and source in ("hf-hub", "hf_hub"):
+        try:
+            repo, filename, revision = parse_hub_id(rest)
+        except ValueError as exc:
+            raise PretrainedLoadError(f"{model_name}: {exc}") from None
+        if filename:
+            raise PretrainedLoadError(f"{model_name}: an hf-hub: model name is '<org>/<repo>[@<revision>]', without a file")
+        hub_file(repo, "config.json", revision, model=model_name,
+                 hint=("set HF_HUB_OFFLINE=1 to use a cached copy, or download the repo's files (config.json and the weights) "
+                       "into a folder and load it with timm.create_model('local-dir:/path/to/folder', pretrained=True)"))
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 
 # --- timm's pretrained path --------------------------------------------------------------------

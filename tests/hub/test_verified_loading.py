@@ -209,3 +209,56 @@ def test_url_http_error_names_the_status(hub):
     url = f"{hub.endpoint}/org/none/resolve/main/{FILE}"
     with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: URL '{url}': download failed \(HTTP 404"):
         azhub.url_file(url, model=MODEL)
+
+
+# --- hf-hub: model names -------------------------------------------------------------------------
+# timm.create_model("hf-hub:ORG/REPO") fetches config.json itself, with huggingface_hub's retries
+# (a 500 took 23-33 s and ended in "Please check your connection", naming no repo); that call is
+# outside attnzoo's reach (README, "Pretrained weights"). attnzoo.hub.create_model fetches it
+# first, fast and named; the weights are attnzoo's on both paths.
+
+HF_BOUND_S = 10  # the issue's bound for an hf-hub: failure on a local endpoint
+
+
+def _hf_repo(hub, weights):
+    import json
+
+    hub.add(REPO, "config.json", json.dumps({"architecture": MODEL, "num_classes": 1000, "pretrained_cfg": {}}).encode())
+    hub.add(REPO, FILE, weights[1])
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("500", r"file 'config.json' of Hub repo 'attnzoo-test/shvit': unreachable \(HTTP 500"),
+    ("stall", r"file 'config.json' of Hub repo 'attnzoo-test/shvit': unreachable \(.*(?i:timed? ?out)"),
+    ("unknown repo", r"file 'config.json' of Hub repo 'attnzoo-test/missing': not found"),
+    ("offline", r"file 'config.json' of Hub repo 'attnzoo-test/shvit'.*: offline \(HF_HUB_OFFLINE=1\) and not in the cache"),
+])
+def test_hf_hub_name_fails_fast_naming_repo_and_file(hub, weights, monkeypatch, fault, message):
+    from huggingface_hub import constants
+
+    _hf_repo(hub, weights)
+    repo = "attnzoo-test/missing" if fault == "unknown repo" else REPO
+    if fault in ("500", "stall"):
+        hub.fault(REPO, "config.json", fault)
+    if fault == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, err, took = _timed(lambda: azhub.create_model(f"hf-hub:{repo}", pretrained=True))
+    assert took < HF_BOUND_S, f"{fault}: {took:.1f} s"
+    assert err is not None and __import__("re").search(rf"^hf-hub:{repo}: {message}", str(err)), err
+    assert "local-dir:" in str(err)  # says how to do without the Hub
+    if fault == "offline":
+        assert hub.requests == []
+
+
+def test_hf_hub_name_loads_and_a_failing_weights_file_is_fast_and_named(hub, weights):
+    """config.json fine, weights answering 500: through timm.create_model itself the weights are
+    attnzoo's (fast, named); then the good path through both entries gives the same weights."""
+    state, _ = weights
+    _hf_repo(hub, weights)
+    hub.fault(REPO, FILE, "500")
+    _, err, took = _timed(lambda: timm.create_model(f"hf-hub:{REPO}", pretrained=True))
+    assert took < HF_BOUND_S and err is not None, (took, err)
+    assert str(err).startswith(f"{MODEL}: file 'model.safetensors' of Hub repo '{REPO}': unreachable (HTTP 500"), err
+    hub.faults.clear()
+    _assert_weights(azhub.create_model(f"hf-hub:{REPO}", pretrained=True), state)
+    _assert_weights(timm.create_model(f"hf-hub:{REPO}", pretrained=True), state)
