@@ -451,8 +451,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs):
         if filename:
             raise PretrainedLoadError(f"{model_name}: an hf-hub: model name is '<org>/<repo>[@<revision>]', without a file")
         hub_file(repo, "config.json", revision, model=model_name,
-                 hint=("set HF_HUB_OFFLINE=1 to use a cached copy, or download the repo's files (config.json and the weights) "
-                       "into a folder and load it with timm.create_model('local-dir:/path/to/folder', pretrained=True)"))
+                 hint=("download the repo's files (config.json and the weights) into a folder and load it with "
+                       "timm.create_model('local-dir:/path/to/folder', pretrained=True)"))
     return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 
