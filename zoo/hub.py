@@ -513,12 +513,18 @@ def _filter_and_check(name: str, source: str, state: Dict[str, torch.Tensor], fi
             raise PretrainedLoadError(f"{name}: {source} cannot be converted to {name}'s layout: {type(exc).__name__}: {exc}") from None
         classifier = cfg.get("classifier")
         classifier = [classifier] if isinstance(classifier, str) else list(classifier or ())
-        dropped = [f"{c}.{p}" for c in classifier for p in ("weight", "bias")] if num_classes != cfg.get("num_classes") else []
+        dropped, optional = [], []
+        if num_classes != cfg.get("num_classes"):
+            # timm drops the classifier and loads the rest non-strictly; a head rebuilt for another class
+            # count (or none: num_classes=0) may lose more than the classifier (SHViT's BN-Linear head)
+            dropped = [f"{c}.{p}" for c in classifier for p in ("weight", "bias")]
+            heads = tuple(f"{c.rsplit('.', 1)[0] if '.' in c else c}." for c in classifier)
+            optional = dropped + [k for k in (*out, *model.state_dict()) if heads and k.startswith(heads)]
         first_conv = cfg.get("first_conv")
         first_conv = [first_conv] if isinstance(first_conv, str) else list(first_conv or ())
         adapted = [f"{c}.weight" for c in first_conv] if in_chans != (cfg.get("input_size") or (3,))[0] else []
         check_state_dict(out, model, model_name=name, source=source, skip_shape=dropped, any_in_chans=adapted,
-                         exact_keys=strict, optional=dropped)
+                         exact_keys=strict, optional=optional)
         return out
 
     return filter_and_check

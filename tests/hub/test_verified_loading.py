@@ -120,6 +120,7 @@ def test_offline_with_an_empty_cache_fails_at_once(hub, weights, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     _, err, took = _timed(_load)
     assert err is not None and "offline (HF_HUB_OFFLINE=1)" in str(err) and REPO in str(err), err
+    assert "its weight file ('model.safetensors' or 'pytorch_model.bin') is not in the cache" in str(err), err  # the file it needed
     assert hub.requests == []  # not one request went out
     assert took < BOUND_S
 
