@@ -127,3 +127,19 @@ def test_another_models_weights_and_a_missing_key_are_refused_by_name(tmp_path):
     with pytest.raises(PretrainedLoadError, match=rf"^az_shvit_s1: '{re.escape(str(tmp_path / 'short.pth'))}' lacks 1 of az_shvit_s1's "
                                                   rf"\d+ tensors \('{re.escape(gone)}'\); nothing was loaded"):
         timm.create_model("az_shvit_s1", pretrained=True, device="meta", pretrained_cfg_overlay=dict(file=str(tmp_path / "short.pth")))
+
+
+@pytest.mark.filterwarnings("ignore:for .*: copying from a non-meta parameter")  # the meta model takes no values
+@pytest.mark.parametrize("name, kwargs", [
+    ("az_shvit_s1", dict(num_classes=0)),  # the BN-Linear head goes with the classifier
+    ("az_shvit_s1", dict(num_classes=7, in_chans=1)),
+    ("nat_mini", dict(in_chans=4)),
+    ("az_maxvit_rmlp_pico_rw_256", dict(num_classes=0, global_pool="")),
+])
+def test_timms_own_adaptations_still_load(name, kwargs, tmp_path):
+    """The exact checks leave timm's adaptations alone: a classifier dropped for another
+    num_classes (with the rest of a head built for it) and an input conv adapted to in_chans."""
+    shapes, _ = _shapes(name)
+    torch.save(_cheap_state(shapes), tmp_path / "own.pth")
+    model = timm.create_model(name, pretrained=True, device="meta", pretrained_cfg_overlay=dict(file=str(tmp_path / "own.pth")), **kwargs)
+    assert model.num_classes == kwargs.get("num_classes", 1000)
