@@ -118,11 +118,18 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     model = create_model(argparse.Namespace(model=args.model, model_kwargs=args.model_kwargs), num_classes,
                          pretrained=not args.checkpoint)
     if args.checkpoint:
-        try:
+        from attnzoo.hub import PretrainedLoadError, check_state_dict
+
+        kwargs = " ".join(f"{k}={v}" for k, v in (args.model_kwargs or {}).items()) or "none"
+        settings = f"--model-kwargs {kwargs}, {num_classes} classes"
+        try:  # names, dtypes, finite values and exact shapes, one line naming the key, both shapes and the file
+            check_state_dict(state, model, model_name=args.model, source=repr(args.checkpoint), exact_keys=True)
             model.load_state_dict(state)
+        except PretrainedLoadError as e:
+            raise TrainInputError(f"--checkpoint: {e} (built with {settings})") from None
         except RuntimeError as e:
-            raise TrainInputError(f"--checkpoint: {args.checkpoint!r} does not fit {args.model} with "
-                                  f"--model-kwargs {args.model_kwargs} and {num_classes} classes: {str(e)[:400]}") from None
+            detail = " ".join(line.strip() for line in str(e).strip().splitlines()[:2])[:300]
+            raise TrainInputError(f"--checkpoint: {args.checkpoint!r} does not fit {args.model} built with {settings}: {detail}") from None
     cfg, _, eval_tf = data_transforms(args, model, training=False)
     splits.val.transform = eval_tf
     model.to(dist.device).eval()

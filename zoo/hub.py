@@ -391,7 +391,7 @@ def check_state_dict(state: Dict[str, torch.Tensor], model: torch.nn.Module, *, 
             if unexpected:
                 parts.append(f"has {len(unexpected)} that {model_name} does not ({_examples(unexpected)})")
             lead = (f"{model_name}: {source} is not a checkpoint of {model_name} (only {common} of its {len(state)} names are "
-                    f"{model_name}'s): it " if common < len(own) // 2 else f"{model_name}: {source} ")
+                    f"{model_name}'s): it " if common < len(state) / 2 else f"{model_name}: {source} ")
             raise PretrainedLoadError(lead + " and ".join(parts) + "; nothing was loaded")
     misshapen = []
     for key, value in state.items():

@@ -173,3 +173,15 @@ def test_an_internal_error_is_one_line_and_its_traceback_is_behind_debug(digits_
     monkeypatch.setenv("ATTNZOO_DEBUG", "1")
     assert _cli(argv) == 1
     assert "Traceback (most recent call last):" in capsys.readouterr().err
+
+
+def test_validate_with_other_model_kwargs_is_one_line_naming_key_and_shapes(run_dir, digits_small, capsys):
+    """Arguments given win over the file's record; weights that do not fit are refused in one line
+    (before: torch's multi-line 'Error(s) in loading state_dict ... size mismatch' text)."""
+    path = run_dir / "best.safetensors"
+    assert _cli(["validate", "--checkpoint", str(path), "--data-dir", str(digits_small), "--workers", "0",
+                 "--model-kwargs", "embed_dim=24", "depths=(1,1,1,1)", "num_heads=(1,1,1,1)"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"attnzoo validate: error: --checkpoint: nat_mini: tensor "), line
+    assert f" of '{path}' has shape " in line and "nat_mini needs" in line, line
+    assert line.endswith("(built with --model-kwargs embed_dim=24 depths=(1, 1, 1, 1) num_heads=(1, 1, 1, 1), 10 classes)"), line
