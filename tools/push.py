@@ -28,20 +28,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, metavar="R", help="branch to commit to (created from main if missing; default: main)")
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--message", default=None, help="commit message (default: 'attnzoo convert: <architecture>')")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error (or set ATTNZOO_DEBUG=1)")
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    try:
-        url = push(args.folder, args.repo, revision=args.revision, private=args.private, message=args.message)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"attnzoo push: {exc}")
-        return 1
-    except Exception as exc:  # huggingface_hub's HTTP errors: say what failed, with the status
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        print(f"attnzoo push: uploading {args.folder!r} to {args.repo!r} failed" + (f" (HTTP {status})" if status else "") + f": {exc}")
-        return 1
-    print(f"pushed {args.folder} to {args.repo}" + (f" (revision {args.revision})" if args.revision else "") + f": {url}")
-    return 0
+    """Exit status 0 (pushed), 2 (not a converted folder, a bad --repo: one line), 1 (the upload
+    failed: one line with the HTTP status)."""
+    from attnzoo.tools._errors import report
+
+    class UploadFailed(Exception):
+        pass
+
+    def body() -> int:
+        try:
+            url = push(args.folder, args.repo, revision=args.revision, private=args.private, message=args.message)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as exc:  # huggingface_hub's HTTP errors: say what failed, with the status
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            text = str(exc).strip().splitlines()
+            raise UploadFailed(f"uploading {args.folder!r} to {args.repo!r} failed" + (f" (HTTP {status})" if status else "")
+                               + f": {text[0] if text else type(exc).__name__}") from None
+        print(f"pushed {args.folder} to {args.repo}" + (f" (revision {args.revision})" if args.revision else "") + f": {url}")
+        return 0
+
+    return report("attnzoo push", body, input_errors=(ValueError, FileNotFoundError), explained=(UploadFailed,), debug=args.debug)
 
 
 def check_folder(folder: str) -> Dict:

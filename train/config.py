@@ -121,6 +121,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="steps between rows of steps.csv (default: 50)")
     g.add_argument("--eval-interval", type=int, default=1, metavar="N", help="epochs between evaluations (default: 1; the last epoch always)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error (or set ATTNZOO_DEBUG=1)")
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +130,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     parser.add_argument("--batch-size", "-b", type=int, default=128, metavar="N", help="images per process per batch (default: 128)")
     parser.add_argument("--results-file", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error (or set ATTNZOO_DEBUG=1)")
 
 
 def load_yaml_defaults(path: str, parser: argparse.ArgumentParser, what: str = "--config") -> Dict[str, Any]:

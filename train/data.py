@@ -92,8 +92,10 @@ class ShardSampler(Sampler):
 
 
 class DataSplits:
-    def __init__(self, train: Dataset, val: Optional[Dataset], num_classes: int, description: str):
+    def __init__(self, train: Dataset, val: Optional[Dataset], num_classes: int, description: str,
+                 class_names: Optional[List[str]] = None):
         self.train, self.val, self.num_classes, self.description = train, val, num_classes, description
+        self.class_names = class_names  # an image folder's class folders, in label order
 
 
 def _folder_splits(args: argparse.Namespace, train_split: Optional[str]) -> Tuple[Optional[Path], Optional[Path], List[str]]:
@@ -133,7 +135,7 @@ def build_datasets(args: argparse.Namespace, train_split: Optional[str] = "train
         train = create_dataset("", root=str(train_dir), search_split=False, class_map=class_map) if train_dir else None
         val = create_dataset("", root=str(val_dir), search_split=False, class_map=class_map) if val_dir else None
         desc = f"{len(train) if train else 0} train / {len(val) if val else 0} val images, {len(classes)} classes"
-        return DataSplits(train, val, len(classes), desc)
+        return DataSplits(train, val, len(classes), desc, class_names=list(classes))
     # hfds/, wds/, torch/ ...: timm's readers (their packages must be installed)
     if args.data_dir is None and not args.dataset.lower().startswith(("hfds/", "hfids/")):
         raise TrainInputError(f"--data-dir: required for --dataset {args.dataset!r}")

@@ -59,7 +59,7 @@ class History:
         for name, rows in (("metrics.csv", self.epochs), ("steps.csv", self.steps)):
             if rows:
                 text = _csv_text(rows)
-                atomic_write(folder / name, lambda p, t=text: Path(p).write_text(t))
+                atomic_write(folder / name, lambda f, t=text: f.write(t.encode()))
         if self.epochs:
             self.plot(folder / "metrics.png", title)
 
@@ -98,4 +98,4 @@ class History:
                 ax.legend(fontsize=8)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+        atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))

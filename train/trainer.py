@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import (
-    CheckpointMismatch, atomic_save, check_compatible, checkpoint_path, clean_temporaries, export_safetensors,
-    find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state, set_rng_state,
+    CheckpointMismatch, CheckpointUnusable, OutputWriteError, atomic_save, check_compatible, checkpoint_path,
+    clean_temporaries, export_safetensors, find_resume_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
+    set_rng_state,
 )
 from .config import TrainInputError, add_train_arguments, check_model_name, check_output_dir, check_train_args, parse_with_defaults
 from .logs import History
@@ -276,12 +277,12 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         resume = found
     elif args.resume:
         try:
-            resume = (Path(args.resume), load_checkpoint(Path(args.resume)))
-        except Exception as e:
-            raise TrainInputError(f"--resume: {args.resume!r} does not load as a training checkpoint ({type(e).__name__}: {e})") from None
+            resume = (Path(args.resume), load_checkpoint(Path(args.resume), warn=say.warn))
+        except CheckpointUnusable as e:
+            raise TrainInputError(f"--resume: {e}") from None
     if resume is not None:
         try:
-            check_compatible(resume[1], resume[0], args.model, num_classes)
+            check_compatible(resume[1], resume[0], args.model, num_classes, _plain(args.model_kwargs or {}))
         except CheckpointMismatch as e:
             raise TrainInputError(str(e)) from None
 
@@ -375,14 +376,21 @@ def _train(args, dist: Dist, say: "_Printer", out: Path, splits, num_classes: in
     if resume is not None:
         path, ckpt = resume
         meta = ckpt["meta"]
-        if args.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        try:
+            if args.fsdp:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-            set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
-                           options=StateDictOptions(full_state_dict=True))
-        else:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+                set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
+                               options=StateDictOptions(full_state_dict=True))
+            else:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint that predates the recorded model kwargs
+            first = str(e).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[:2])[:300]
+            raise TrainInputError(f"--resume: the weights in {str(path)!r} do not fit this run's model ({detail}); resume with "
+                                  "the --model-kwargs / --num-classes of the run that wrote it, or start fresh: another "
+                                  "--output, or no --resume") from None
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt.get("ema") is not None:
@@ -423,9 +431,10 @@ def _train(args, dist: Dist, say: "_Printer", out: Path, splits, num_classes: in
     if steps_per_epoch == 0:
         raise TrainInputError(f"--batch-size {args.batch_size}: no full step fits in an epoch of this dataset")
 
+    data_record = {k: _plain(data_cfg[k]) for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in data_cfg}
     meta_base = dict(model=args.model, num_classes=num_classes, model_kwargs=_plain(args.model_kwargs or {}),
-                     img_size=int(data_cfg["input_size"][-1]), steps_per_epoch=steps_per_epoch, world_size=dist.world,
-                     args=_plain(vars(args)))
+                     img_size=int(data_cfg["input_size"][-1]), data_config=data_record, class_names=splits.class_names,
+                     steps_per_epoch=steps_per_epoch, world_size=dist.world, args=_plain(vars(args)))
 
     def weights_state() -> Dict[str, torch.Tensor]:
         if args.fsdp:
@@ -443,20 +452,29 @@ def _train(args, dist: Dist, say: "_Printer", out: Path, splits, num_classes: in
         else:
             msd, osd = model.state_dict(), optimizer.state_dict()
         rngs = dist.gather(rng_state())
+        failed = None
         if dist.main:
             ckpt = dict(meta=dict(meta_base, epoch=epoch, step=step, update=updates), model=msd, optimizer=osd,
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                         ema=ema.state_dict() if ema is not None else None, history=history.state_dict(),
                         meter=list(meter), best=dict(best), rng=rngs)
-            atomic_save(ckpt, checkpoint_path(out, updates))
-            prune_checkpoints(out, args.checkpoint_hist)
-            if extra_files is not None:
-                extra_files(ckpt)
-        dist.barrier()
+            try:
+                atomic_save(ckpt, checkpoint_path(out, updates))
+                prune_checkpoints(out, args.checkpoint_hist)
+                if extra_files is not None:
+                    extra_files(ckpt)
+            except OutputWriteError as e:
+                failed = e
+        # every rank learns whether rank 0 could write (instead of waiting for it at a barrier forever)
+        if dist.max(int(failed is not None)):
+            raise failed if failed is not None else OutputWriteError(out, OSError(0, "rank 0 failed"))
 
     def st_meta(epoch: int, top1: Optional[float]) -> Dict[str, str]:
+        """The run's record in every weights file: what `attnzoo convert` / `validate` need to rebuild the model."""
         return {"model": args.model, "num_classes": str(num_classes), "model_kwargs": json.dumps(_plain(args.model_kwargs or {})),
-                "epoch": str(epoch), "top1": "" if top1 is None else repr(top1), "format": "pt"}
+                "img_size": str(meta_base["img_size"]), "data_config": json.dumps(data_record),
+                "class_names": json.dumps(splits.class_names) if splits.class_names else "",
+                "data": splits.description, "epoch": str(epoch), "top1": "" if top1 is None else repr(top1), "format": "pt"}
 
     title = f"{args.model} - {splits.description}"
     epoch = start_epoch
@@ -603,15 +621,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, argv) -> int:
-    """Re-parses ``argv`` so that ``--recipe`` and ``--config`` become defaults under the command line."""
-    try:
-        args = parse_with_defaults(build_parser(), list(argv))
-        train(args)
-    except TrainInputError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"attnzoo train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """Re-parses ``argv`` so that ``--recipe`` and ``--config`` become defaults under the command line.
+    Exit status: 0 done, 2 bad input (one line naming the argument), 1 a failure (one line; the
+    traceback of an internal error with ``--debug`` or ATTNZOO_DEBUG=1), as attnzoo.tools._errors."""
+    from attnzoo.tools._errors import report
+
+    def body() -> int:
+        train(parse_with_defaults(build_parser(), list(argv)))
+        return 0
+
+    return report("attnzoo train", body, input_errors=(TrainInputError,), explained=(OutputWriteError, FloatingPointError),
+                  debug="--debug" in argv)
 
 
 def main(argv=None) -> int:

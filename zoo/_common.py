@@ -46,15 +46,19 @@ def _to_fmt(x: torch.Tensor, src: str, dst: str) -> torch.Tensor:
 
 
 def _check_images(model: nn.Module, args: tuple) -> None:
-    """``model(x)`` takes a batch of images ``[B, C, H, W]`` (B may be 0): one clear error for
-    anything else instead of a failure deep inside a stem or a mixer. Shapes only, so the check
-    costs nothing under torch.compile / torch.export."""
+    """``model(x)`` takes a batch of float images ``[B, C, H, W]`` (B may be 0): one clear error for
+    anything else instead of a failure deep inside a stem or a mixer. Shapes and dtype only (static
+    metadata), so the check costs nothing under torch.compile / torch.export."""
     x = args[0] if args else None
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{type(model).__name__} expects a tensor of images [B, C, H, W], got {type(x).__name__}")
     if x.dim() != 4:
         hint = " (one image: add the batch axis, x.unsqueeze(0))" if x.dim() == 3 else ""
         raise ValueError(f"{type(model).__name__} expects images [B, C, H, W] (4 dims), got shape {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"{type(model).__name__} expects float images [B, C, H, W], got dtype {x.dtype}: images must be "
+                        "floating point, normalised as the model's pretrained cfg says (timm.data.create_transform gives "
+                        "that; from uint8: x.float() / 255, then subtract mean and divide by std)")
 
 
 class StagedModel(nn.Module):
@@ -175,6 +179,7 @@ class StagedModel(nn.Module):
         ``(final features as forward_features gives them, intermediates)``."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        _check_images(self, (x,))  # features_only=True models (timm's FeatureGetterNet) enter here, not through forward
         first = int(self._stem_feature)
         take_indices, max_index = feature_take_indices(len(self.stages) + first, indices)
         intermediates = []

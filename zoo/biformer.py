@@ -37,6 +37,7 @@ from timm.models import generate_default_cfgs
 from attnzoo.layers.biformer_attn import AttentionLePE2d, BiLevelRoutingAttention2d
 from attnzoo.layers.davit_attn import ConvPosEnc
 
+from ._checkpoint import unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 from .hub import build_model
@@ -241,9 +242,7 @@ def _convert_authors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -> Dict[str, torch.Tensor]:
     """Converts a BiFormer checkpoint to attnzoo's names: the authors' release (the state dict
     under 'model', or bare) or attnzoo's own (passed through)."""
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith("downsample_layers.") for k in state_dict):
         return _convert_authors(state_dict)
     return dict(state_dict)

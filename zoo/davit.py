@@ -30,6 +30,7 @@ from timm.models import generate_default_cfgs, register_notrace_function
 
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
 
+from ._checkpoint import unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 from .hub import build_model
@@ -261,9 +262,7 @@ def _convert_authors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DaViT) -> Dict[str, torch.Tensor]:
     """Converts a DaViT checkpoint to attnzoo's names: timm's (``timm/davit_*`` on the Hub; the
     same names as attnzoo's, passed through) or the authors' original (dingmyu/davit)."""
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(("patch_embeds.", "main_blocks.")) for k in state_dict):
         return _convert_authors(state_dict)
     return dict(state_dict)

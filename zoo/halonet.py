@@ -39,6 +39,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs
 
 from attnzoo.layers.halo_attn import HaloAttention2d
 
+from ._checkpoint import fit_layout, unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates
 from ._registry import Published, register_family
 from .hub import build_model
@@ -376,15 +377,15 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Optional[Ha
     (``stages.i.blocks.j``, ``self_attn.{height,width}_rel``, linear ``[out, in]`` q / kv
     weights) converted to timm's (``stages.i.j``, ``self_attn.pos_embed.*``, ``[out, in, 1, 1]``).
     """
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
+    ours = model.state_dict() if model is not None else {}
     out: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         for pattern, repl in _OLD_RULES:
             key = pattern.sub(repl, key)
         if _ATTN_PROJ.search(key) and value.dim() == 2:
-            value = value[:, :, None, None]
+            # a linear [out, in] -> timm's 1x1 conv [out, in, 1, 1]; any other shape is left for the shape check to name
+            value = fit_layout(value, ours[key].shape) if key in ours else value[:, :, None, None]
         out[key] = value
     return out
 

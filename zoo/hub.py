@@ -3,11 +3,13 @@
 Three ways in, one set of checks:
 
 * ``build_model`` (every family's create function, i.e. timm's ``pretrained=True`` path and
-  ``timm.create_model('hf-hub:ORG/NAME')``): resolves the pretrained cfg, fetches and verifies the
-  file here, and hands timm a local file; the family's ``checkpoint_filter_fn`` runs under
-  ``check_state_dict``.
+  ``timm.create_model('hf-hub:ORG/NAME')``): resolves the pretrained cfg, fetches, verifies and
+  reads the file here before the model is built, and hands timm the state dict through the
+  family's ``checkpoint_filter_fn``, run under ``check_state_dict``.
 * ``attnzoo.mm.AttnZooBackbone(init_cfg=...)`` and ``attnzoo convert``: ``fetch_checkpoint`` +
   ``read_state_dict`` + the family filter + ``check_state_dict``.
+* ``create_model``: ``timm.create_model`` that fetches an ``hf-hub:`` model's ``config.json``
+  here first (timm's own fetch of it retries for tens of seconds on a failing Hub).
 
 What is verified:
 
@@ -19,15 +21,21 @@ What is verified:
 * URLs (``url_file``): cached under a name derived from the whole URL, written through a temp
   file and renamed; checked against a sha256 when one is given, as pip's ``#sha256=<hex>`` URL
   fragment (in a cfg's ``url``, an ``init_cfg`` checkpoint or ``attnzoo convert --checkpoint``).
-* Tensors (``check_state_dict``): floating tensors are finite; a parameter the model holds in a
-  floating dtype must come as a floating tensor (int / bool / complex are refused); shapes must
-  equal the model's. Every message names the model, the key and the file.
+* Local files: the format is read from the bytes (torch files with ``weights_only=True`` only),
+  and a file with a ``.sha256`` sidecar (what ``attnzoo train`` writes) must match it
+  (``attnzoo._checkpoint``); an empty, text, damaged or foreign file is named as what it is.
+* Tensors (``check_state_dict``): the names are the model's (none missing, none extra);
+  floating tensors are finite; a parameter the model holds in a floating dtype must come as a
+  floating tensor (int / bool / complex are refused); shapes equal the model's exactly (the
+  family filters convert only the layouts they know). Every message names the model, the key and
+  the file, and nothing is copied into the model before all checks pass.
 
 Failures are fast and named: a missing repo or file, an HTTP error (with its status), a timeout
 (``HF_HUB_ETAG_TIMEOUT`` for the metadata call, ``HF_HUB_DOWNLOAD_TIMEOUT`` for the transfer) and
 offline mode with an empty cache each raise one ``PretrainedLoadError`` naming the model, the
-repo or URL and the file, and saying how to pass the file locally. attnzoo's own cache lives in
-``$ATTNZOO_CACHE`` (default ``~/.cache/attnzoo``).
+repo or URL and the file, and saying how to pass the file locally in the caller's terms (timm's
+``pretrained_cfg_overlay``, OpenMMLab's ``init_cfg``, ``attnzoo convert --checkpoint``).
+attnzoo's own cache lives in ``$ATTNZOO_CACHE`` (default ``~/.cache/attnzoo``).
 """
 from __future__ import annotations
 
@@ -39,13 +47,15 @@ import re
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
+from ._checkpoint import DigestMismatch, UnreadableCheckpoint, read_checkpoint_file, unwrap_state_dict, verify_digest
+
 __all__ = [
-    "PretrainedLoadError", "build_model", "cache_dir", "check_state_dict", "fetch_checkpoint",
-    "hub_file", "read_state_dict", "url_file", "WEIGHT_FILES",
+    "PretrainedLoadError", "build_model", "cache_dir", "check_state_dict", "create_model", "fetch_checkpoint",
+    "hub_file", "read_checkpoint", "read_state_dict", "url_file", "WEIGHT_FILES",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -67,9 +77,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATTNZOO_CACHE") or Path.home() / ".cache" / "attnzoo")
 
 
-def _hint(model: str) -> str:
-    return (f"download the file yourself and pass it: timm.create_model({model!r}, pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file='/path/to/file'))")
+def _hint(model: str, hint: Optional[str] = None) -> str:
+    """How to pass the file locally, in the words of the caller's API (default: timm's)."""
+    return hint or (f"download the file yourself and pass it: timm.create_model({model!r}, pretrained=True, "
+                    f"pretrained_cfg_overlay=dict(file='/path/to/file'))")
 
 
 def _describe(exc: BaseException) -> str:
@@ -125,7 +136,7 @@ def _remember(path: str, expected: str) -> None:
         _logger.debug("could not record verified hash of %s: %s", path, exc)
 
 
-def _verify(path: str, expected: str, what: str, on_mismatch: Callable[[], None], model: str) -> None:
+def _verify(path: str, expected: str, what: str, on_mismatch: Callable[[], None], model: str, hint: Optional[str] = None) -> None:
     """Raises (after ``on_mismatch()``) unless ``path``'s hash is ``expected`` (sha256 or git blob sha1)."""
     kind = _hash_kind(expected)
     if kind is None or _remembered(path, expected):
@@ -133,7 +144,7 @@ def _verify(path: str, expected: str, what: str, on_mismatch: Callable[[], None]
     actual = _file_hash(path, kind)
     if actual != expected:
         on_mismatch()
-        raise PretrainedLoadError(f"{what}: {kind} mismatch, expected {expected}, got {actual}; the damaged file was removed from the cache; load again to fetch it anew, or {_hint(model)}")
+        raise PretrainedLoadError(f"{what}: {kind} mismatch, expected {expected}, got {actual}; the damaged file was removed from the cache; load again to fetch it anew, or {_hint(model, hint)}")
     _remember(path, expected)
 
 
@@ -169,7 +180,7 @@ def _remove_cached(path: str) -> None:
             pass
 
 
-def _pick_hub_filename(repo_id: str, revision: Optional[str], model: str) -> str:
+def _pick_hub_filename(repo_id: str, revision: Optional[str], model: str, hint: Optional[str] = None) -> str:
     """The weight file of a repo whose cfg names none: from the cache when offline, else from the
     repo's listing (one metadata call, ``HF_HUB_ETAG_TIMEOUT``)."""
     hf, constants = _hub()
@@ -178,7 +189,8 @@ def _pick_hub_filename(repo_id: str, revision: Optional[str], model: str) -> str
         for name in WEIGHT_FILES:
             if _cached(repo_id, name, revision):
                 return name
-        raise PretrainedLoadError(f"{where}: offline (HF_HUB_OFFLINE=1) and none of {', '.join(WEIGHT_FILES)} is in the cache; {_hint(model)}")
+        raise PretrainedLoadError(f"{where}: offline (HF_HUB_OFFLINE=1) and its weight file ({' or '.join(map(repr, WEIGHT_FILES))}) "
+                                  f"is not in the cache; {_hint(model, hint)}")
     try:
         info = hf.HfApi().model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as exc:
@@ -187,16 +199,17 @@ def _pick_hub_filename(repo_id: str, revision: Optional[str], model: str) -> str
                 _logger.warning("%s: listing failed (%s); using the cached %s", where, _describe(exc), name)
                 return name
         problem = "not found, or not visible with your token" if _is_not_found(exc) else "could not list the repo's files"
-        raise PretrainedLoadError(f"{where}: {problem} ({_describe(exc)}); {_hint(model)}") from exc
+        raise PretrainedLoadError(f"{where}: {problem} ({_describe(exc)}); {_hint(model, hint)}") from exc
     names = [s.rfilename for s in (info.siblings or [])]
     for name in WEIGHT_FILES:
         if name in names:
             return name
     raise PretrainedLoadError(f"{where} has none of {', '.join(WEIGHT_FILES)} (files: {', '.join(names) or 'none'}); "
-                              f"name one with pretrained_cfg_overlay=dict(hf_hub_filename=...) or {_hint(model)}")
+                              f"name one with pretrained_cfg_overlay=dict(hf_hub_filename=...) or {_hint(model, hint)}")
 
 
-def hub_file(repo_id: str, filename: Optional[str] = None, revision: Optional[str] = None, *, model: str = "checkpoint") -> str:
+def hub_file(repo_id: str, filename: Optional[str] = None, revision: Optional[str] = None, *, model: str = "checkpoint",
+             hint: Optional[str] = None) -> str:
     """A verified local copy of ``filename`` (None: picked from the cfg / listing) of a Hub repo.
 
     One metadata call (no retries, ``HF_HUB_ETAG_TIMEOUT``), then huggingface_hub's download into
@@ -204,13 +217,13 @@ def hub_file(repo_id: str, filename: Optional[str] = None, revision: Optional[st
     the Hub is unreachable, a cached copy is used (and verified); without one the error says so.
     """
     hf, constants = _hub()
-    filename = filename or _pick_hub_filename(repo_id, revision, model)
+    filename = filename or _pick_hub_filename(repo_id, revision, model, hint)
     what = f"{model}: file {filename!r} of Hub repo {repo_id!r}" + (f" (revision {revision!r})" if revision else "")
     expected = None
     if constants.is_offline_mode():
         path = _cached(repo_id, filename, revision)
         if path is None:
-            raise PretrainedLoadError(f"{what}: offline (HF_HUB_OFFLINE=1) and not in the cache; {_hint(model)}")
+            raise PretrainedLoadError(f"{what}: offline (HF_HUB_OFFLINE=1) and not in the cache; {_hint(model, hint)}")
     else:
         try:
             meta = hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
@@ -219,16 +232,16 @@ def hub_file(repo_id: str, filename: Optional[str] = None, revision: Optional[st
             path = None if _is_not_found(exc) else _cached(repo_id, filename, revision)
             if path is None:
                 kind = "not found, or not visible with your token" if _is_not_found(exc) else "unreachable"
-                raise PretrainedLoadError(f"{what}: {kind} ({_describe(exc)}); {_hint(model)}") from exc
+                raise PretrainedLoadError(f"{what}: {kind} ({_describe(exc)}); {_hint(model, hint)}") from exc
             _logger.warning("%s: Hub unreachable (%s); using the cached copy", what, _describe(exc))
         else:
             try:
                 path = hf.hf_hub_download(repo_id, filename, revision=revision)
             except Exception as exc:
-                raise PretrainedLoadError(f"{what}: download failed ({_describe(exc)}); {_hint(model)}") from exc
+                raise PretrainedLoadError(f"{what}: download failed ({_describe(exc)}); {_hint(model, hint)}") from exc
     # The cache stores a blob under its ETag: a cached file is checked against its own name.
     expected = expected or os.path.basename(os.path.realpath(path))
-    _verify(path, expected, what, lambda: _remove_cached(path), model)
+    _verify(path, expected, what, lambda: _remove_cached(path), model, hint)
     return path
 
 
@@ -239,7 +252,7 @@ def _url_cache_path(url: str) -> Path:
     return cache_dir() / "url" / f"{hashlib.sha256(url.encode()).hexdigest()[:32]}-{base}"
 
 
-def url_file(url: str, sha256: Optional[str] = None, *, model: str = "checkpoint") -> str:
+def url_file(url: str, sha256: Optional[str] = None, *, model: str = "checkpoint", hint: Optional[str] = None) -> str:
     """A local copy of ``url``, cached under a name derived from the whole URL, downloaded through a
     temp file renamed into place (``HF_HUB_DOWNLOAD_TIMEOUT`` per read), checked against ``sha256``
     or the URL's ``#sha256=<hex>`` fragment when given."""
@@ -255,10 +268,10 @@ def url_file(url: str, sha256: Optional[str] = None, *, model: str = "checkpoint
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
     if path.is_file():
         if sha256:
-            _verify(str(path), sha256, what, lambda: path.unlink(missing_ok=True), model)
+            _verify(str(path), sha256, what, lambda: path.unlink(missing_ok=True), model, hint)
         return str(path)
     if constants.is_offline_mode():
-        raise PretrainedLoadError(f"{what}: offline (HF_HUB_OFFLINE=1) and not in the cache ({path}); {_hint(model)}")
+        raise PretrainedLoadError(f"{what}: offline (HF_HUB_OFFLINE=1) and not in the cache ({path}); {_hint(model, hint)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
@@ -278,10 +291,10 @@ def url_file(url: str, sha256: Optional[str] = None, *, model: str = "checkpoint
         os.replace(tmp, path)
     except PretrainedLoadError as exc:
         os.unlink(tmp)
-        raise PretrainedLoadError(f"{exc}; nothing was cached; {_hint(model)}") from None
+        raise PretrainedLoadError(f"{exc}; nothing was cached; {_hint(model, hint)}") from None
     except Exception as exc:
         os.unlink(tmp)
-        raise PretrainedLoadError(f"{what}: download failed ({_describe(exc)}); {_hint(model)}") from exc
+        raise PretrainedLoadError(f"{what}: download failed ({_describe(exc)}); {_hint(model, hint)}") from exc
     if sha256:
         _remember(str(path), sha256)
     return str(path)
@@ -289,17 +302,25 @@ def url_file(url: str, sha256: Optional[str] = None, *, model: str = "checkpoint
 
 # --- sources -----------------------------------------------------------------------------------
 
-def fetch_checkpoint(source: str, *, model: str = "checkpoint", sha256: Optional[str] = None) -> str:
+def fetch_checkpoint(source: str, *, model: str = "checkpoint", sha256: Optional[str] = None, hint: Optional[str] = None) -> str:
     """A verified local path for a checkpoint given as a file, an http(s) URL or
-    ``hf-hub:<org>/<repo>[@<revision>][/<filename>]`` (no filename: picked from the listing)."""
+    ``hf-hub:<org>/<repo>[@<revision>][/<filename>]`` (no filename: picked from the listing).
+    ``hint`` says how to pass a file locally in the caller's terms (default: timm's)."""
     if source.startswith("hf-hub:"):
-        repo, filename, revision = parse_hub_id(source[len("hf-hub:"):])
-        return hub_file(repo, filename, revision, model=model)
+        try:
+            repo, filename, revision = parse_hub_id(source[len("hf-hub:"):])
+        except ValueError as exc:
+            raise PretrainedLoadError(f"{model}: {exc}") from None
+        return hub_file(repo, filename, revision, model=model, hint=hint)
     if source.startswith(("http://", "https://")):
-        return url_file(source, sha256, model=model)
+        return url_file(source, sha256, model=model, hint=hint)
     if os.path.isfile(source):
         return source
-    raise PretrainedLoadError(f"{model}: checkpoint {source!r} is neither a file, an http(s) URL nor 'hf-hub:<org>/<repo>[/<filename>]'")
+    if os.path.isdir(source):
+        raise PretrainedLoadError(f"{model}: checkpoint {source!r} is a folder; give the weights file in it "
+                                  f"({' or '.join(WEIGHT_FILES)}, a .pth, ...)")
+    raise PretrainedLoadError(f"{model}: checkpoint {source!r} does not exist; give a file, an http(s) URL or "
+                              "'hf-hub:<org>/<repo>[/<filename>]'")
 
 
 def parse_hub_id(hub_id: str) -> Tuple[str, Optional[str], Optional[str]]:
@@ -311,48 +332,128 @@ def parse_hub_id(hub_id: str) -> Tuple[str, Optional[str], Optional[str]]:
     return f"{parts[0]}/{name}", "/".join(parts[2:]) or None, revision or None
 
 
-def read_state_dict(path: str, *, model: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """A checkpoint file (safetensors or a torch pickle read with ``weights_only=True``) as a flat
-    state dict: unwrapped from ``state_dict`` / ``model``, DDP's ``module.`` prefix removed."""
-    try:
-        if str(path).endswith(".safetensors"):
-            from safetensors.torch import load_file
+def read_checkpoint(path: str, *, model: str = "checkpoint") -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(flat state dict, what the file records about its model) of a checkpoint file.
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PretrainedLoadError(f"{model}: cannot read checkpoint file {str(path)!r} ({_describe(exc)})") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
+    The format is read from the bytes (``attnzoo._checkpoint.read_checkpoint_file``: safetensors,
+    or a torch file loaded with ``weights_only=True``); a file with a ``.sha256`` sidecar (what
+    ``attnzoo train`` writes) must match it. The state dict is unwrapped from ``state_dict`` /
+    ``model`` and DDP's ``module.`` prefix removed. The record is the safetensors metadata, or a
+    training checkpoint's ``meta`` (model, num_classes, model_kwargs, ...); {} when there is none.
+    Every failure is a ``PretrainedLoadError`` naming the model and the file."""
+    try:
+        verify_digest(path)
+        obj, metadata = read_checkpoint_file(path)
+    except (UnreadableCheckpoint, DigestMismatch) as exc:
+        raise PretrainedLoadError(f"{model}: checkpoint file {exc}") from None
+    record: Dict[str, Any] = dict(metadata)
+    if isinstance(obj, dict) and isinstance(obj.get("meta"), dict):
+        record = dict(obj["meta"])
+    state = unwrap_state_dict(obj)
     if not isinstance(state, dict):
-        raise PretrainedLoadError(f"{model}: checkpoint file {str(path)!r} holds a {type(state).__name__}, not a state dict")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+        raise PretrainedLoadError(f"{model}: checkpoint file {str(path)!r} holds a {type(state).__name__}, not a state dict "
+                                  "(a dict of tensor names to tensors)")
+    if not any(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = ", ".join(map(repr, list(state)[:6])) or "none"
+        raise PretrainedLoadError(f"{model}: checkpoint file {str(path)!r} holds no tensors (keys: {keys}); not a weights file")
+    return {k[7:] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in state.items()}, record
+
+
+def read_state_dict(path: str, *, model: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The flat state dict of a checkpoint file (see ``read_checkpoint``)."""
+    return read_checkpoint(path, model=model)[0]
+
+
+def _examples(keys, n: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(map(repr, keys[:n])) + (", ..." if len(keys) > n else "")
 
 
 def check_state_dict(state: Dict[str, torch.Tensor], model: torch.nn.Module, *, model_name: str, source: str,
-                     skip_shape: Iterable[str] = ()) -> None:
-    """Refuses a state dict (already in the model's names) that would load garbage into ``model``:
-    non-finite floating tensors, non-floating tensors for floating parameters / buffers, tensors
-    whose shape differs from the model's (except keys in ``skip_shape``, which the caller adapts)."""
+                     skip_shape: Iterable[str] = (), any_in_chans: Iterable[str] = (), exact_keys: bool = False,
+                     optional: Iterable[str] = ()) -> None:
+    """Refuses a state dict (already in the model's names) that would load garbage into ``model``,
+    before anything is copied: non-finite floating tensors, non-floating tensors for floating
+    parameters / buffers, tensors whose shape differs from the model's in any way (except keys in
+    ``skip_shape``, which the caller adapts, and dim 1 of ``any_in_chans``, an input conv timm
+    adapts to ``in_chans``). With ``exact_keys`` the names must be the model's (``optional``: keys
+    that may be absent from either side). Every message names the model, the key and ``source``."""
     own = model.state_dict()
-    skip = set(skip_shape)
+    skip, chans, optional = set(skip_shape), set(any_in_chans), set(optional)
+    if exact_keys:
+        missing = [k for k in own if k not in state and k not in optional]
+        unexpected = [k for k in state if k not in own and k not in optional]
+        if missing or unexpected:
+            common = sum(1 for k in state if k in own)
+            parts = []
+            if missing:
+                parts.append(f"lacks {len(missing)} of {model_name}'s {len(own)} tensors ({_examples(missing)})")
+            if unexpected:
+                parts.append(f"has {len(unexpected)} that {model_name} does not ({_examples(unexpected)})")
+            lead = (f"{model_name}: {source} is not a checkpoint of {model_name} (only {common} of its {len(state)} names are "
+                    f"{model_name}'s): it " if common < len(state) / 2 else f"{model_name}: {source} ")
+            raise PretrainedLoadError(lead + " and ".join(parts) + "; nothing was loaded")
+    misshapen = []
     for key, value in state.items():
         where = f"{model_name}: tensor {key!r} of {source}"
+        target = own.get(key)
         if not isinstance(value, torch.Tensor):
+            if target is not None:
+                raise PretrainedLoadError(f"{where} is a {type(value).__name__}, not a tensor: not a weights file for {model_name}")
             continue
         if value.is_complex():
             raise PretrainedLoadError(f"{where} is {value.dtype}; complex tensors are not weights of any attnzoo model")
-        target = own.get(key)
         if target is not None and target.is_floating_point() and not value.is_floating_point():
             raise PretrainedLoadError(f"{where} is {value.dtype}, but {model_name} holds it as {target.dtype}: not a weights file for this model")
         # a finite sum means finite elements (one reduction, cheaper than isfinite); an overflowing sum gets the exact test
         if value.is_floating_point() and not bool(torch.isfinite(value.sum())) and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise PretrainedLoadError(f"{where} has {bad} non-finite values (NaN / inf) of {value.numel()}")
-        if target is not None and key not in skip and tuple(value.shape) != tuple(target.shape):
-            raise PretrainedLoadError(f"{where} has shape {tuple(value.shape)}, {model_name} needs {tuple(target.shape)}")
+        if target is None or key in skip:
+            continue
+        got, need = tuple(value.shape), tuple(target.shape)
+        if key in chans and len(got) == len(need) >= 2:
+            same = got[:1] + got[2:] == need[:1] + need[2:]
+        else:
+            same = got == need
+        if not same:
+            misshapen.append((key, got, need))
+    if misshapen:
+        key, got, need = misshapen[0]
+        more = (f" ({len(misshapen) - 1} more tensors differ in shape: weights of another variant, or made with other "
+                f"model kwargs?)" if len(misshapen) > 1 else "")
+        raise PretrainedLoadError(f"{model_name}: tensor {key!r} of {source} has shape {got}, {model_name} needs {need}{more}; "
+                                  "nothing was loaded")
+
+
+# --- hf-hub: model names -----------------------------------------------------------------------
+
+def create_model(model_name: str, pretrained: bool = False, **kwargs):
+    """``timm.create_model`` (same arguments, same model) that fails fast and named on the Hub.
+
+    For an ``hf-hub:<org>/<repo>[@<revision>]`` name, timm fetches the repo's ``config.json``
+    itself (``hf_hub_download``) before any attnzoo code runs, and huggingface_hub retries that
+    request when no copy is cached (a 5xx or a timeout: 5 more tries with 1-8 s pauses, up to 60 s
+    each), then ends in an error that names neither repo nor file. Here ``config.json`` is fetched
+    first by ``hub_file`` (one metadata request within ``HF_HUB_ETAG_TIMEOUT``, checked against the
+    Hub's hash): a failure is one ``PretrainedLoadError`` naming the repo and the file; on success
+    timm finds it cached and does not retry. The weights are fetched and verified by attnzoo on
+    both paths. Other names go to ``timm.create_model`` unchanged.
+    """
+    import timm
+
+    source, _, rest = model_name.partition(":")
+    if rest and source in ("hf-hub", "hf_hub"):
+        try:
+            repo, filename, revision = parse_hub_id(rest)
+        except ValueError as exc:
+            raise PretrainedLoadError(f"{model_name}: {exc}") from None
+        if filename:
+            raise PretrainedLoadError(f"{model_name}: an hf-hub: model name is '<org>/<repo>[@<revision>]', without a file")
+        hub_file(repo, "config.json", revision, model=model_name,
+                 hint=("download the repo's files (config.json and the weights) into a folder and load it with "
+                       "timm.create_model('local-dir:/path/to/folder', pretrained=True)"))
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 
 # --- timm's pretrained path --------------------------------------------------------------------
@@ -363,10 +464,8 @@ def _hub_source(cfg: Dict) -> Optional[Tuple[str, Optional[str]]]:
     return None
 
 
-def _fetch_for_cfg(name: str, cfg: Dict) -> Tuple[Optional[str], str]:
-    """(verified local file or None when timm should read the cfg's source itself, source description)."""
-    if cfg.get("state_dict") is not None:
-        return None, "the state_dict given in pretrained_cfg"
+def _fetch_for_cfg(name: str, cfg: Dict) -> Tuple[str, str]:
+    """(verified local file, source description) of the weights a resolved pretrained cfg names."""
     source = cfg.get("source") or ""
     if source == "local-dir":
         folder = Path(cfg.get("file") or "")
@@ -377,32 +476,56 @@ def _fetch_for_cfg(name: str, cfg: Dict) -> Tuple[Optional[str], str]:
     if source != "hf-hub" and cfg.get("file"):
         path = str(cfg["file"])
         if not os.path.isfile(path):
-            raise PretrainedLoadError(f"{name}: pretrained file {path!r} does not exist")
-        return path, path
+            what = "is a folder, not a weights file" if os.path.isdir(path) else "does not exist"
+            raise PretrainedLoadError(f"{name}: pretrained file {path!r} {what}")
+        return path, repr(path)
     hub = _hub_source(cfg)
     if hub is not None:
         repo, filename, revision = parse_hub_id(hub[0])
         filename = hub[1] or filename
         path = hub_file(repo, filename, revision, model=name)
-        return path, f"{path} (Hub repo {repo!r})"
+        return path, f"{path!r} (Hub repo {repo!r})"
     if cfg.get("url"):
         path = url_file(cfg["url"], model=name)
-        return path, f"{path} (from {cfg['url'].partition('#')[0]})"
+        return path, f"{path!r} (from {cfg['url'].partition('#')[0]})"
     raise PretrainedLoadError(f"{name}: its pretrained cfg names no weights (no file, hf_hub_id or url); use pretrained=False or {_hint(name)}")
 
 
-def _checked_filter(name: str, source: str, filter_fn: Optional[Callable], cfg: Dict, num_classes: Optional[int]) -> Callable:
-    def filter_and_check(state_dict, model):
-        state_dict = filter_fn(state_dict, model) if filter_fn is not None else state_dict
-        skip = []
+# timm takes a pretrained cfg's ``state_dict`` as the weights; build_model hands it this one-entry
+# marker (timm deep-copies cfgs) and passes the state dict it read and checked through the filter.
+_STATE_MARKER_KEY = "attnzoo: the verified state dict is passed through pretrained_filter_fn"
+
+
+def _filter_and_check(name: str, source: str, state: Dict[str, torch.Tensor], filter_fn: Optional[Callable], cfg: Dict,
+                      num_classes: Optional[int], in_chans: int, strict: bool) -> Callable:
+    """The ``pretrained_filter_fn`` timm calls: returns ``state`` after the family's converter and
+    ``check_state_dict``, in the conditions timm then loads it under (a classifier timm drops for
+    another ``num_classes``, an input conv it adapts to another ``in_chans``, strictness)."""
+
+    def filter_and_check(marker, model):
+        if not (isinstance(marker, dict) and _STATE_MARKER_KEY in marker):
+            raise RuntimeError(f"{name}: timm passed another state dict than attnzoo's verified one")
+        try:
+            out = filter_fn(state, model) if filter_fn is not None else dict(state)
+        except PretrainedLoadError:
+            raise
+        except Exception as exc:
+            raise PretrainedLoadError(f"{name}: {source} cannot be converted to {name}'s layout: {type(exc).__name__}: {exc}") from None
         classifier = cfg.get("classifier")
-        if classifier and num_classes is not None and num_classes != cfg.get("num_classes"):
-            skip += [f"{c}.{p}" for c in ([classifier] if isinstance(classifier, str) else classifier) for p in ("weight", "bias")]
+        classifier = [classifier] if isinstance(classifier, str) else list(classifier or ())
+        dropped, optional = [], []
+        if num_classes != cfg.get("num_classes"):
+            # timm drops the classifier and loads the rest non-strictly; a head rebuilt for another class
+            # count (or none: num_classes=0) may lose more than the classifier (SHViT's BN-Linear head)
+            dropped = [f"{c}.{p}" for c in classifier for p in ("weight", "bias")]
+            heads = tuple(f"{c.rsplit('.', 1)[0] if '.' in c else c}." for c in classifier)
+            optional = dropped + [k for k in (*out, *model.state_dict()) if heads and k.startswith(heads)]
         first_conv = cfg.get("first_conv")
-        if first_conv:  # timm adapts the input conv to in_chans after the filter
-            skip += [f"{c}.weight" for c in ([first_conv] if isinstance(first_conv, str) else first_conv)]
-        check_state_dict(state_dict, model, model_name=name, source=source, skip_shape=skip)
-        return state_dict
+        first_conv = [first_conv] if isinstance(first_conv, str) else list(first_conv or ())
+        adapted = [f"{c}.weight" for c in first_conv] if in_chans != (cfg.get("input_size") or (3,))[0] else []
+        check_state_dict(out, model, model_name=name, source=source, skip_shape=dropped, any_in_chans=adapted,
+                         exact_keys=strict, optional=optional)
+        return out
 
     return filter_and_check
 
@@ -411,9 +534,11 @@ def build_model(model_cls, variant: str, pretrained: bool, *, pretrained_filter_
     """timm's ``build_model_with_cfg`` with attnzoo's verified loading in front of it.
 
     With ``pretrained``, the weights named by the resolved pretrained cfg (``file``, a Hub repo,
-    an ``hf-hub:`` model's repo, a ``local-dir:`` folder or a URL) are fetched and verified here and
-    timm reads the verified local file; ``pretrained_filter_fn`` (the family's converter) runs
-    under ``check_state_dict``. The model's ``pretrained_cfg`` is left as resolved (no local path in it).
+    an ``hf-hub:`` model's repo, a ``local-dir:`` folder or a URL) are fetched, verified and read
+    here, before the model is built (a bad file costs no model build); timm gets them through
+    ``pretrained_filter_fn``: the family's converter (any exception it raises becomes a
+    ``PretrainedLoadError`` naming the file) and ``check_state_dict`` with exact names and shapes.
+    The model's ``pretrained_cfg`` is left as resolved (no local path or state dict in it).
     """
     from timm.models import build_model_with_cfg
     from timm.models._builder import resolve_pretrained_cfg
@@ -422,18 +547,22 @@ def build_model(model_cls, variant: str, pretrained: bool, *, pretrained_filter_
         return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn, **kwargs)
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                  pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
-    path, source = _fetch_for_cfg(variant, cfg)
-    if path is not None:
-        kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, file=path, source="")
-    check = _checked_filter(variant, source, pretrained_filter_fn, cfg, kwargs.get("num_classes", cfg.get("num_classes")))
+    if cfg.get("state_dict") is not None:
+        state, source = cfg["state_dict"], "the state_dict given in pretrained_cfg"
+    else:
+        path, source = _fetch_for_cfg(variant, cfg)
+        state = read_state_dict(path, model=variant)
+    kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, source="",
+                                            state_dict={_STATE_MARKER_KEY: torch.zeros(())})
+    check = _filter_and_check(variant, source, state, pretrained_filter_fn, cfg, kwargs.get("num_classes", cfg.get("num_classes")),
+                              kwargs.get("in_chans", 3), kwargs.get("pretrained_strict", True))
     model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=check, **kwargs)
-    if path is not None:  # the cfg the user sees names the source, not our cache path
-        for module in model.modules():
-            given = getattr(module, "pretrained_cfg", None)
-            if isinstance(given, dict):
-                for key in ("file", "source"):
-                    if cfg.get(key) is None:
-                        given.pop(key, None)
-                    else:
-                        given[key] = cfg[key]
+    for module in model.modules():  # the cfg the user sees names the source, not our cache path or state dict
+        given = getattr(module, "pretrained_cfg", None)
+        if isinstance(given, dict):
+            for key in ("file", "source", "state_dict"):
+                if cfg.get(key) is None:
+                    given.pop(key, None)
+                else:
+                    given[key] = cfg[key]
     return model

@@ -43,6 +43,7 @@ from attnzoo.layers.maxvit_attn import BlockAttention2d, GridAttention2d, rpb_to
 from attnzoo.layers.mbconv import MBConv
 from attnzoo.layers.transformer_block import TransformerBlock
 
+from ._checkpoint import fit_layout, unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 from .hub import build_model
@@ -276,16 +277,28 @@ _OLD_MLP = re.compile(r"^(.*\.attn)\.rpb_mlp\.(.+)$")
 _QKV = re.compile(r"^(.*\.attn)\.qkv\.(weight|bias)$")
 
 
+def _resizable_table(value: torch.Tensor, target: Tuple[int, ...]) -> bool:
+    """A bias table timm's ``resize_rel_pos_bias_table`` can bring to ``target``: the same layout and
+    head count, trained at another partition size ('tf' ``[heads, 2P-1, 2P-1]``; 'swin'
+    ``[(2P-1)^2, heads]`` from a square partition)."""
+    if value.dim() != len(target):
+        return False
+    if value.dim() == 3:
+        return value.shape[0] == target[0] and value.shape[1] % 2 == 1 and value.shape[2] % 2 == 1
+    side = round(value.shape[0] ** 0.5)
+    return value.dim() == 2 and value.shape[1] == target[1] and side * side == value.shape[0] and side % 2 == 1
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> Dict[str, torch.Tensor]:
     """A MaxViT checkpoint in timm's format (``timm/maxvit_*`` on the Hub; attnzoo's own state dicts
     are the same) for ``model``: unwrapped from ``state_dict`` / ``model``; bias tables trained at
-    another partition size resized as timm does (``resize_rel_pos_bias_table``); 1x1 conv weights
-    reshaped to linear ones as timm's filter does; attnzoo's earlier names (``*.attn.rpb`` in gna's
-    layout, ``*.attn.rpb_mlp.*``, qkv rows in (q|k|v, heads, dim) order) converted to timm's.
+    another partition size resized as timm does (``resize_rel_pos_bias_table``; same layout and
+    heads only); 1x1 conv weights ``(O, I, 1, 1)`` and linear ones ``(O, I)`` converted either way,
+    as timm's filter does; attnzoo's earlier names (``*.attn.rpb`` in gna's layout,
+    ``*.attn.rpb_mlp.*``, qkv rows in (q|k|v, heads, dim) order) converted to timm's. Any other
+    shape is left as it is, for the load's shape check to refuse naming the key and both shapes.
     """
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     old = any(_OLD_TABLE.match(k) or _OLD_MLP.match(k) for k in state_dict)
     ours = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
@@ -294,15 +307,18 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> 
             key, value = f"{m.group(1)}.rel_pos.relative_position_bias_table", rpb_to_timm(value, model.get_submodule(m.group(1)).rel_pos.layout)
         elif m := _OLD_MLP.match(key):
             key = f"{m.group(1)}.rel_pos.mlp.{m.group(2)}"
-        elif old and (m := _QKV.match(key)) and model.get_submodule(m.group(1)).head_first:
+        elif old and (m := _QKV.match(key)) and model.get_submodule(m.group(1)).head_first and value.shape == ours[key].shape:
             heads = model.get_submodule(m.group(1)).num_heads
             value = value.reshape(3, heads, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
-        if (m := _TABLE.match(key)) and key in ours and value.shape != ours[key].shape:
+        target = ours.get(key)
+        if target is None or value.shape == target.shape:
+            pass
+        elif (m := _TABLE.match(key)) and _resizable_table(value, tuple(target.shape)):
             # weights trained at another partition size: interpolated as timm does
             mixer = model.get_submodule(m.group(1))
-            value = resize_rel_pos_bias_table(value, new_window_size=mixer.partition_size, new_bias_shape=tuple(ours[key].shape))
-        elif key in ours and value.shape != ours[key].shape and value.numel() == ours[key].numel():
-            value = value.reshape(ours[key].shape)  # 1x1 conv <-> linear, as timm's filter
+            value = resize_rel_pos_bias_table(value, new_window_size=mixer.partition_size, new_bias_shape=tuple(target.shape))
+        else:
+            value = fit_layout(value, target.shape)
         out[key] = value
     return out
 

@@ -77,7 +77,9 @@ def _read_checkpoint(checkpoint: str, model_name: str) -> Dict[str, torch.Tensor
     file checked against its sha256 (no filename: picked from the repo's listing, never by trying a
     second name after an error), a URL cached under a name derived from the whole URL, a local file
     as it is. Errors are ``attnzoo.hub.PretrainedLoadError`` naming the model, source and file."""
-    return read_state_dict(fetch_checkpoint(checkpoint, model=model_name), model=model_name)
+    hint = ("download the file yourself and give its path: init_cfg=dict(type='Pretrained', "
+            "checkpoint='/path/to/file')")
+    return read_state_dict(fetch_checkpoint(checkpoint, model=model_name, hint=hint), model=model_name)
 
 
 class AttnZooBackbone(BaseModule):

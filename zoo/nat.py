@@ -27,6 +27,7 @@ from timm.models import generate_default_cfgs
 
 from attnzoo.layers import NeighborhoodAttention2d, TransformerBlock
 
+from ._checkpoint import unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 from .hub import build_model
@@ -223,6 +224,8 @@ def _convert_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
             qkv.setdefault((level, layer, kind), {})[which] = value
         elif m := _HF_LAYER_SCALE.match(key):
             level, layer = m.groups()
+            if value.dim() != 2 or value.shape[0] != 2:
+                raise ValueError(f"{key!r} has shape {tuple(value.shape)}; transformers' NAT stores the two layer scales as (2, dim)")
             out[f"stages.{level}.blocks.{layer}.ls1.gamma"] = value[0]
             out[f"stages.{level}.blocks.{layer}.ls2.gamma"] = value[1]
         elif m := _HF_DOWNSAMPLE.match(key):
@@ -234,6 +237,9 @@ def _convert_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     for (level, layer, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             raise ValueError(f"checkpoint has {sorted(parts)} for levels.{level}.layers.{layer}, expected query, key and value")
+        shapes = {which: tuple(t.shape) for which, t in parts.items()}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"query, key and value {kind}s of levels.{level}.layers.{layer} differ in shape: {shapes}")
         out[f"stages.{level}.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     return out
 
@@ -253,9 +259,7 @@ def _convert_authors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: NAT) -> Dict[str, torch.Tensor]:
     """Converts a NAT/DiNAT checkpoint to attnzoo's names: the Hugging Face transformers format
     (``shi-labs/*`` on the Hub), the authors' original ``.pth`` format, or attnzoo's own."""
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(("nat.", "dinat.")) for k in state_dict):
         return _convert_hf(state_dict)
     if any(k.startswith(("levels.", "patch_embed.")) for k in state_dict):

@@ -40,6 +40,7 @@ from timm.models import generate_default_cfgs
 
 from attnzoo.layers.shvit_attn import ConvNorm2d, SingleHeadAttention2d
 
+from ._checkpoint import unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 from .hub import build_model
@@ -318,9 +319,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SHViT) -> D
     """An SHViT checkpoint in timm's names (``timm/shvit_s*.in1k``; attnzoo's own state dicts are
     the same, passed through): the authors' original ``.pth`` format and attnzoo's earlier names
     are converted to them."""
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if not any(k.startswith("patch_embed.") for k in state_dict):
         return {_rename(k, _OLD_RULES): v for k, v in state_dict.items()}
     if any(k.startswith("head_dist.") for k in state_dict):

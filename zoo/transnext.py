@@ -46,6 +46,7 @@ from timm.models import generate_default_cfgs
 from attnzoo.layers.convglu import ConvolutionalGLU
 from attnzoo.layers.transnext_attn import AggregatedAttention2d, LengthScaledAttention2d
 
+from ._checkpoint import unwrap_state_dict
 from ._common import StagedModel, check_global_pool, drop_path_rates, run_blocks
 from ._registry import Published, register_family
 from .hub import build_model
@@ -264,9 +265,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: TransNeXt) 
     """Converts a TransNeXt checkpoint to attnzoo's names: the authors' ``.pth`` (raw, or wrapped
     in 'model' / 'state_dict') or attnzoo's own. Size-dependent buffers (coordinate tables, relative
     position indices, padding masks, length scales) are dropped: they are rebuilt per input size."""
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(("patch_embed1.", "block1.")) for k in state_dict):
         return _convert_authors(state_dict)
     return {k: v for k, v in state_dict.items() if not _DROPPED.search(k)}

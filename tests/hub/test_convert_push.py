@@ -109,10 +109,11 @@ def test_convert_never_replaces_files_and_push_refuses_other_folders(tmp_path, c
     (out / "model.safetensors").write_bytes(b"mine")
     src = tmp_path / "timm.pth"
     torch.save(_upstream("az_shvit_s1"), src)
-    assert cli(["convert", "az_shvit_s1", "--checkpoint", str(src), "--out", str(out)]) == 1
-    assert "already has model.safetensors; pass --overwrite" in capsys.readouterr().out
+    assert cli(["convert", "az_shvit_s1", "--checkpoint", str(src), "--out", str(out)]) == 2
+    assert "already has model.safetensors; pass --overwrite" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == b"mine"
-    assert cli(["push", str(out), "--repo", "attnzoo-test/x"]) == 1
-    assert "lacks config.json, README.md" in capsys.readouterr().out
-    assert cli(["push", str(out), "--repo", "not a repo"]) == 1
-    assert "--repo must be ORG/NAME" in capsys.readouterr().out
+    assert cli(["push", str(out), "--repo", "attnzoo-test/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnzoo push: error: DIR ") and "lacks config.json, README.md" in err, err
+    assert cli(["push", str(out), "--repo", "not a repo"]) == 2
+    assert "attnzoo push: error: --repo must be ORG/NAME" in capsys.readouterr().err

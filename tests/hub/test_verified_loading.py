@@ -120,6 +120,7 @@ def test_offline_with_an_empty_cache_fails_at_once(hub, weights, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     _, err, took = _timed(_load)
     assert err is not None and "offline (HF_HUB_OFFLINE=1)" in str(err) and REPO in str(err), err
+    assert "its weight file ('model.safetensors' or 'pytorch_model.bin') is not in the cache" in str(err), err  # the file it needed
     assert hub.requests == []  # not one request went out
     assert took < BOUND_S
 
@@ -154,7 +155,7 @@ def test_integer_or_bool_checkpoint_is_refused_naming_the_key(tmp_path, dtype):
     bad = {k: torch.ones(v.shape, dtype=dtype) for k, v in keys.items()}
     path = tmp_path / "bad.safetensors"
     save_file(bad, str(path))
-    with pytest.raises(PretrainedLoadError, match=rf"^{name}: tensor '.+' of .*bad.safetensors is torch\.{str(dtype)[6:]}, but {name} holds it as torch.float32"):
+    with pytest.raises(PretrainedLoadError, match=rf"^{name}: tensor '.+' of '.*bad.safetensors' is torch\.{str(dtype)[6:]}, but {name} holds it as torch.float32"):
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
@@ -163,11 +164,11 @@ def test_non_finite_and_misshapen_tensors_are_refused(tmp_path, weights):
     key = [k for k, v in state.items() if v.is_floating_point() and v.dim() == 4][-1]  # not the input conv (timm adapts that one)
     nan = dict(state, **{key: state[key].clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan")))})
     save_file(nan, str(tmp_path / "nan.safetensors"))
-    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of .*nan.safetensors has \d+ non-finite"):
+    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of '.*nan.safetensors' has \d+ non-finite"):
         timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "nan.safetensors")))
     small = dict(state, **{key: state[key][:1].contiguous()})
     save_file(small, str(tmp_path / "shape.safetensors"))
-    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of .*shape.safetensors has shape \(1,"):
+    with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: tensor '{key}' of '.*shape.safetensors' has shape \(1,"):
         timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "shape.safetensors")))
 
 
@@ -209,3 +210,56 @@ def test_url_http_error_names_the_status(hub):
     url = f"{hub.endpoint}/org/none/resolve/main/{FILE}"
     with pytest.raises(PretrainedLoadError, match=rf"^{MODEL}: URL '{url}': download failed \(HTTP 404"):
         azhub.url_file(url, model=MODEL)
+
+
+# --- hf-hub: model names -------------------------------------------------------------------------
+# timm.create_model("hf-hub:ORG/REPO") fetches config.json itself, with huggingface_hub's retries
+# (a 500 took 23-33 s and ended in "Please check your connection", naming no repo); that call is
+# outside attnzoo's reach (README, "Pretrained weights"). attnzoo.hub.create_model fetches it
+# first, fast and named; the weights are attnzoo's on both paths.
+
+HF_BOUND_S = 10  # the issue's bound for an hf-hub: failure on a local endpoint
+
+
+def _hf_repo(hub, weights):
+    import json
+
+    hub.add(REPO, "config.json", json.dumps({"architecture": MODEL, "num_classes": 1000, "pretrained_cfg": {}}).encode())
+    hub.add(REPO, FILE, weights[1])
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("500", r"file 'config.json' of Hub repo 'attnzoo-test/shvit': unreachable \(HTTP 500"),
+    ("stall", r"file 'config.json' of Hub repo 'attnzoo-test/shvit': unreachable \(.*(?i:timed? ?out)"),
+    ("unknown repo", r"file 'config.json' of Hub repo 'attnzoo-test/missing': not found"),
+    ("offline", r"file 'config.json' of Hub repo 'attnzoo-test/shvit'.*: offline \(HF_HUB_OFFLINE=1\) and not in the cache"),
+])
+def test_hf_hub_name_fails_fast_naming_repo_and_file(hub, weights, monkeypatch, fault, message):
+    from huggingface_hub import constants
+
+    _hf_repo(hub, weights)
+    repo = "attnzoo-test/missing" if fault == "unknown repo" else REPO
+    if fault in ("500", "stall"):
+        hub.fault(REPO, "config.json", fault)
+    if fault == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, err, took = _timed(lambda: azhub.create_model(f"hf-hub:{repo}", pretrained=True))
+    assert took < HF_BOUND_S, f"{fault}: {took:.1f} s"
+    assert err is not None and __import__("re").search(rf"^hf-hub:{repo}: {message}", str(err)), err
+    assert "local-dir:" in str(err)  # says how to do without the Hub
+    if fault == "offline":
+        assert hub.requests == []
+
+
+def test_hf_hub_name_loads_and_a_failing_weights_file_is_fast_and_named(hub, weights):
+    """config.json fine, weights answering 500: through timm.create_model itself the weights are
+    attnzoo's (fast, named); then the good path through both entries gives the same weights."""
+    state, _ = weights
+    _hf_repo(hub, weights)
+    hub.fault(REPO, FILE, "500")
+    _, err, took = _timed(lambda: timm.create_model(f"hf-hub:{REPO}", pretrained=True))
+    assert took < HF_BOUND_S and err is not None, (took, err)
+    assert str(err).startswith(f"{MODEL}: file 'model.safetensors' of Hub repo '{REPO}': unreachable (HTTP 500"), err
+    hub.faults.clear()
+    _assert_weights(azhub.create_model(f"hf-hub:{REPO}", pretrained=True), state)
+    _assert_weights(timm.create_model(f"hf-hub:{REPO}", pretrained=True), state)

@@ -98,7 +98,7 @@ def test_resume_from_another_models_checkpoint(tmp_path, folder):
 def test_resume_file_that_is_not_a_checkpoint(tmp_path, folder):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    _expect(train_args(folder, tmp_path / "out", "--resume", str(bad)), "--resume", "does not load")
+    _expect(train_args(folder, tmp_path / "out", "--resume", str(bad)), "--resume", "is a text file, not a checkpoint")
     _expect(train_args(folder, tmp_path / "out", "--resume", str(tmp_path / "missing.pt")), "--resume", "is not a file")
 
 

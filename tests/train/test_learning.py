@@ -73,3 +73,35 @@ def test_exported_weights_load_with_timm_create_model(learned):
         assert torch.equal(tensor, state[name]), name
     ckpt = torch.load(sorted(out.glob("checkpoint-*.pt"))[-1], weights_only=True)
     assert all(torch.equal(ckpt["model"][k], v) for k, v in state.items())
+
+
+def test_trained_weights_convert_and_load_back_with_no_extra_arguments(learned, digits16, tmp_path, capsys):
+    """Train -> convert -> load for one's own model (issue 22): the weights record their model,
+    classes, --model-kwargs, input size and class names, so `attnzoo convert --checkpoint
+    final.safetensors` needs nothing else, and the folder loads with
+    timm.create_model("local-dir:...", pretrained=True) alone. Before: convert built the default
+    nat_mini and failed (tensor 'head.bias' has shape (10,), nat_mini needs (1000,))."""
+    import json
+
+    import timm
+    from safetensors.torch import load_file
+
+    from attnzoo.tools.cli import main
+
+    out, summary = learned
+    repo = tmp_path / "digits-nat"
+    assert main(["convert", "--checkpoint", str(out / "final.safetensors"), "--out", str(repo)]) == 0
+    model = timm.create_model(f"local-dir:{repo}", pretrained=True).eval()
+    weights = load_file(out / "final.safetensors")
+    got = model.state_dict()
+    assert set(got) == set(weights) and all(torch.equal(got[k], v) for k, v in weights.items())
+    assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (3, 16, 16)
+    config = json.loads((repo / "config.json").read_text())
+    assert config["label_names"] == [str(d) for d in range(10)]
+    assert config["model_args"]["embed_dim"] == 16 and config["pretrained_cfg"]["license"] == "other"
+    card = (repo / "README.md").read_text()
+    assert "trained with `attnzoo train`" in card and "ImageNet" not in card
+    # validate reads the model, its kwargs, the classes and the input size from the weights too
+    assert main(["validate", "--checkpoint", str(out / "final.safetensors"), "--data-dir", str(digits16),
+                 "--batch-size", "64", "--workers", "0"]) == 0
+    assert "nat_mini @ 16px on 359 images" in capsys.readouterr().out

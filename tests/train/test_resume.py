@@ -54,10 +54,17 @@ def _assert_same_run(a: Path, b: Path) -> None:
 def _assert_whole_files(folder: Path) -> None:
     from PIL import Image
 
+    from attnzoo._checkpoint import verify_digest
+
     for p in folder.iterdir():
         if p.name.startswith(".tmp-"):
             continue  # a temporary of the killed process: never read, deleted on resume
-        if p.suffix == ".pt":
+        if p.suffix == ".sha256":
+            described = p.with_name(p.name[: -len(".sha256")])
+            assert described.exists() or described.name.startswith("checkpoint-"), p  # a checkpoint's may precede it
+            if described.exists():
+                assert verify_digest(described), described
+        elif p.suffix == ".pt":
             torch.load(p, weights_only=True)
         elif p.suffix == ".safetensors":
             load_file(p)
@@ -118,6 +125,47 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(digits_small, refe
     (out / "final.safetensors").unlink()
     resumed = cli(*train_args(digits_small, out, *_RUN, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"warning: --resume auto: skipping {newest.name}, it does not load" in resumed.stderr, resumed.stderr
+    assert f"warning: --resume auto: skipping {newest.name}: '{newest}' is damaged: its sha256 is" in resumed.stderr, resumed.stderr
     assert f"resumed from {previous}" in resumed.stdout, resumed.stdout
     _assert_same_run(reference, out)
+
+
+def _flip_one_byte_of_tensor_data(path: Path) -> None:
+    """One bit flipped in the middle of the largest tensor's bytes inside the checkpoint's zip
+    archive: the zip directory, headers and pickle stay intact, so torch.load reads it happily."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_flipped_byte_is_refused_and_resume_auto_skips_it(digits_small, reference, tmp_path):
+    """Before: 0 of 40 single-bit flips inside a checkpoint's tensor data were caught; --resume auto
+    said "resumed from ..." and the run ended with other weights."""
+    from attnzoo.train.config import TrainInputError
+
+    from .conftest import run_in_process
+
+    out = tmp_path / "flipped"
+    shutil.copytree(reference, out)
+    newest, previous = sorted(out.glob("checkpoint-*.pt"))[-1], sorted(out.glob("checkpoint-*.pt"))[-2]
+    _flip_one_byte_of_tensor_data(newest)
+    torch.load(newest, weights_only=True)  # the damage is invisible to the reader itself
+    with pytest.raises(TrainInputError, match=rf"^--resume: '{newest}' is damaged: its sha256 is [0-9a-f]{{64}}, but "
+                                              rf"[0-9a-f]{{64}} was recorded in {newest.name}.sha256"):
+        run_in_process(train_args(digits_small, out, *_RUN, "--resume", str(newest)))
+    resumed = cli(*train_args(digits_small, out, *_RUN, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: --resume auto: skipping {newest.name}: '{newest}' is damaged" in resumed.stderr, resumed.stderr
+    assert f"resumed from {previous}" in resumed.stdout, resumed.stdout
+    _assert_same_run(reference, out)
+    _assert_whole_files(out)

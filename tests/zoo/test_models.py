@@ -232,3 +232,15 @@ def test_empty_batch_and_unbatched_input(name, built):
     assert feats.shape[0] == 0 and model.num_features in feats.shape[1:]  # NCHW or NHWC, as the twin
     with pytest.raises(ValueError, match=r"expects images \[B, C, H, W\].*unsqueeze"):
         model(torch.randn(3, 64, 64))
+
+
+@pytest.mark.parametrize("name", list(SMALLEST.values()))
+def test_non_float_images_are_refused_naming_the_dtype(name, built):
+    """Before: a uint8 / bool batch ended in 'expected scalar type Byte but found Float' or
+    '"slow_conv2d_cpu" not implemented for 'Bool'' (MaxViT, HaloNet, SHViT), or a bias-type error."""
+    model = built(name)
+    for dtype in (torch.uint8, torch.bool, torch.int64):
+        with pytest.raises(TypeError, match=rf"expects float images \[B, C, H, W\], got dtype {dtype}: images must be floating point"):
+            model(torch.zeros(1, 3, 64, 64, dtype=dtype))
+        with pytest.raises(TypeError, match=rf"got dtype {dtype}"):  # the path of features_only=True models
+            model.forward_intermediates(torch.zeros(1, 3, 64, 64, dtype=dtype), intermediates_only=True)
