@@ -22,7 +22,7 @@ PYTEST_WORKERS ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := bench
-.PHONY: bench test setup setup-mm setup-timm-tests gpu-check kernels
+.PHONY: bench test setup setup-mm setup-timm-tests gpu-check kernels setup-triton36
 
 bench: setup
 	$(VENV)/bin/attnzoo bench $(BENCH_ARGS)
@@ -37,6 +37,16 @@ setup: $(STAMP)
 # The compile gate before a kernel commit: every fused kernel compiled for sm_90 in bf16 (no GPU).
 kernels: setup
 	$(VENV)/bin/attnzoo kernels --quick
+
+# The extended tier's oldest Triton: a second venv with Triton 3.6 (what torch 2.11 ships) beside
+# the pinned torch, in which tests/kernels/test_compile_gate.py runs the gate once more (the
+# compiler is Triton's; torch only supplies meta tensors there).
+TRITON36_VENV := .venv-triton36
+setup-triton36: $(STAMP)
+	@test -x $(TRITON36_VENV)/bin/python || $(PYTHON) -m venv $(TRITON36_VENV)
+	$(TRITON36_VENV)/bin/python -m pip install $(PIP_FLAGS) -c .ci/constraints.txt torch timm huggingface_hub safetensors tqdm
+	$(TRITON36_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps --force-reinstall triton==3.6.0
+	$(TRITON36_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
 
 # The prepared GPU check (tools/gpu_check.sh): gpu tests, selftest, bench-ops, bench; tables into
 # results/. Needs no network or set-up beyond torch / triton / timm; SMALL=1 rehearses it on a CPU.

@@ -154,3 +154,23 @@ def test_extended_gate_sm100_fp32_every_kept_config(tmp_path):
     assert not failed, [(r["op"], r["kernel"], r["target"], r["dtype"], r["label"], r["config"], r["status"])
                         for r in failed][:20]
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+@pytest.mark.extended
+def test_gate_with_the_oldest_triton(tmp_path):
+    """Triton 3.6 (torch 2.11's) compiles every kernel too: the CI gate from the second venv that
+    `make setup-triton36` builds."""
+    python = os.path.join(os.path.dirname(__file__), "..", "..", ".venv-triton36", "bin", "python")
+    if not os.path.exists(python):
+        pytest.skip("no .venv-triton36: make setup-triton36")
+    version = subprocess.run([python, "-c", "import triton; print(triton.__version__)"], capture_output=True,
+                             text=True).stdout.strip()
+    assert version.startswith("3.6"), version
+    out = tmp_path / "gate36.csv"
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([python, "-m", "attnzoo.tools.cli", "kernels", "--csv", str(out)], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out)))
+    assert {r["op"] for r in rows} == set(KERNELS) and all(r["status"] == "ok" for r in rows)
