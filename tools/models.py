@@ -14,9 +14,9 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["add_arguments", "run", "model_rows", "render_markdown"]
+__all__ = ["add_arguments", "run", "model_rows", "measured_figures", "render_markdown"]
 
 _PAGE_HEADER = """# attnzoo models
 
@@ -49,9 +49,11 @@ def _weights(cfg: Dict) -> str:
     return "none released"
 
 
-def model_rows(family: Optional[str] = None) -> List[Dict[str, object]]:
+def model_rows(family: Optional[str] = None, known: Optional[Dict[str, Tuple[float, float]]] = None
+               ) -> List[Dict[str, object]]:
     """One dict per registered model (of ``family``): name, family, params_m, gflops, top1, source,
-    img_size, weights, license."""
+    img_size, weights, license. ``known`` maps names to (params_m, gflops) already measured (read
+    back from a page by ``measured_figures``); those models are not built."""
     import timm
     import torch
 
@@ -63,16 +65,29 @@ def model_rows(family: Optional[str] = None) -> List[Dict[str, object]]:
     for name in attnzoo.list_models(family):
         entry = _registry.get_entry(name)
         pub = entry.published
-        model = timm.create_model(name, pretrained=False, device="meta")
-        params_m = sum(p.numel() for p in model.parameters()) / 1e6
-        with torch.no_grad():
-            gflops = gflops_macs(model, pub.img_size)
-        cfg = dict(model.pretrained_cfg or {})
+        if known is not None and name in known:
+            params_m, gflops = known[name]
+        else:
+            model = timm.create_model(name, pretrained=False, device="meta")
+            params_m = sum(p.numel() for p in model.parameters()) / 1e6
+            with torch.no_grad():
+                gflops = gflops_macs(model, pub.img_size)
+            del model
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()  # the default tag's: what pretrained=True reads
         rows.append(dict(name=name, family=entry.family, params_m=params_m, gflops=gflops, top1=pub.top1,
                          source=pub.source, img_size=pub.img_size, weights=_weights(cfg),
                          license=cfg.get("license") or "not stated"))
-        del model
     return rows
+
+
+def measured_figures(page: str) -> Dict[str, Tuple[float, float]]:
+    """(params_m, gflops) of each model in a page ``render_markdown`` wrote."""
+    figures = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`") and cells[0].endswith("`"):
+            figures[cells[0].strip("`")] = (float(cells[2]), float(cells[3]))
+    return figures
 
 
 def _table(rows: Sequence[Dict[str, object]]) -> List[str]:
@@ -81,7 +96,7 @@ def _table(rows: Sequence[Dict[str, object]]) -> List[str]:
     notes = Footnotes()
     cells = []
     for r in rows:
-        top1 = "—" if r["top1"] is None else f"{r['top1']:g}"
+        top1 = "—" if r["top1"] is None else str(float(r["top1"]))
         cells.append([f"`{r['name']}`", str(r["family"]), f"{r['params_m']:.2f}", f"{r['gflops']:.2f}",
                       str(r["img_size"]), f"{top1} {notes.ref(str(r['source']))}", str(r["weights"]), str(r["license"])])
     lines = markdown_table(["model", "family", "params (M)", "GFLOPs", "img size", "top-1 (%)", "weights", "license"],
