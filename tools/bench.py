@@ -241,20 +241,28 @@ def _plan(names: Sequence[str], args: argparse.Namespace) -> List[List[Tuple[str
     return groups
 
 
-def _create(name: str, size: int, published_size: int) -> Tuple[torch.nn.Module, bool]:
-    """(model, whether it was built for ``size``): models that size their partitions from
-    ``img_size`` (MaxViT) are built for the timed size; others take any size as built."""
+def _create(name: str, size: int, published_size: int) -> torch.nn.Module:
+    """The model, built for ``size`` where its constructor takes ``img_size`` (MaxViT sizes its
+    partitions from it) and ``size`` is not the published one; others take any size as built."""
     if size != published_size:
         try:
-            return timm.create_model(name, pretrained=False, img_size=size), True
+            return timm.create_model(name, pretrained=False, img_size=size)
         except TypeError:
             pass
-    return timm.create_model(name, pretrained=False), False
+    return timm.create_model(name, pretrained=False)
+
+
+def gflops_meta(name: str, img_size: int) -> float:
+    """GFLOPs (multiply-adds) of one image at ``img_size``, counted on the model built on the meta
+    device: shapes only, nothing allocated or computed, so it costs a fraction of a forward."""
+    model = timm.create_model(name, pretrained=False, device="meta")
+    return gflops_macs(model, img_size)
 
 
 def _prepare(items: Sequence[Tuple[str, str, str]], args: argparse.Namespace, device: torch.device,
              refusals: Dict[str, Optional[str]], bar_desc: str):
-    """Builds every model of a group, counts its parameters and GFLOPs, runs its warmup forwards;
+    """Builds every model of a group, counts its parameters and GFLOPs (on the meta device), runs its
+    warmup forwards;
     returns (rows, {id(row): (module, input)}) for the rows that can be timed."""
     dtype = _DTYPES[args.dtype]
     rows: List[_Row] = []
@@ -270,12 +278,9 @@ def _prepare(items: Sequence[Tuple[str, str, str]], args: argparse.Namespace, de
             group_rows = [_Row(name, impl, entry.family, pub, b, twin_of or None, size) for b in backends]
             rows += group_rows
             try:
-                model, for_size = _create(name, size, pub.img_size)
-                model = model.to(device=device, dtype=dtype).eval()
+                gflops = gflops_meta(name, pub.img_size)
+                model = _create(name, size, pub.img_size).to(device=device, dtype=dtype).eval()
                 params_m = sum(p.numel() for p in model.parameters()) / 1e6
-                counted = model if not for_size else timm.create_model(name, pretrained=False).to(device, dtype)
-                gflops = gflops_macs(counted, pub.img_size)
-                del counted
             except Exception as e:  # reported in the table, the other models still run
                 for row in group_rows:
                     row.note = f"{name}: not built: {_first_line(e)}"
