@@ -23,7 +23,7 @@ else the reference); the others pin every mixer (``attnzoo.kernels.BACKENDS``)."
 BENCH_DEFAULTS = {
     # Per device. budget: seconds of timing for one measurement, i.e. all models timed together
     # in the main table (one group of --all), one row in --vs-timm / --compile (row_budget).
-    "cpu": {"batch_size": 2, "warmup": 1, "min_runs": 5, "max_runs": 200, "budget": 60.0, "row_budget": 10.0},
+    "cpu": {"batch_size": 1, "warmup": 1, "min_runs": 5, "max_runs": 200, "budget": 60.0, "row_budget": 10.0},
     "cuda": {"batch_size": 64, "warmup": 5, "min_runs": 10, "max_runs": 1000, "budget": 20.0, "row_budget": 5.0},
 }
 

@@ -490,6 +490,8 @@ def _main_table(args: argparse.Namespace, device: torch.device, names: Sequence[
         header += [
             f"- speed: forward of batch {args.batch_size} at {at}, {args.dtype}, eval, no_grad, attnzoo on the "
             f"{'/'.join(args.backends)} backend; {_timing_rule(args, 'per group' if len(groups) > 1 else 'in all')}",
+            "- the fused kernels alone: attnzoo bench-ops" + (
+                " (on a CUDA GPU: on this CPU every model runs the reference ops)" if device.type != "cuda" else ""),
         ]
     print("\n".join(header), end="\n\n", flush=True)
 

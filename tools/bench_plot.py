@@ -23,6 +23,37 @@ def _num(value) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def _minor_label(value: float, _pos) -> str:
+    """Labels 2 and 5 of each decade on a log axis (0.2, 0.5, 2, 5, 20, ...)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
+
+
+def _label(ax, points: Sequence[Dict[str, object]], key: str, colour: Dict[str, object]) -> None:
+    """Names each point, moving a label down (then up) by whole lines until it overlaps no label
+    placed before it; points at the same place (nat_mini and dinat_mini share their figures) get
+    one line each."""
+    fig = ax.figure
+    fig.canvas.draw()  # the axes' limits and transforms are final now
+    line_px, char_px = 11.0, 5.3  # fontsize 7 at 120 dpi
+    boxes: List[tuple] = []
+    for p in sorted(points, key=lambda p: (-p["top1"], p[key])):
+        x0, y0 = ax.transData.transform((p[key], p["top1"]))
+        width = char_px * len(p["label"])
+        for step in [0] + [s for k in range(1, 8) for s in (-k, k)]:
+            left, bottom = x0 + 6, y0 + 3 + step * line_px
+            box = (left, bottom, left + width, bottom + line_px)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+                break
+        boxes.append(box)
+        ax.annotate(p["label"], (p[key], p["top1"]), textcoords="offset pixels", xytext=(6, 3 + step * line_px),
+                    fontsize=7, color=colour[p["family"]],
+                    arrowprops=None if step == 0 else dict(arrowstyle="-", color=colour[p["family"]], lw=0.5,
+                                                           alpha=0.6, shrinkA=0, shrinkB=3))
+
+
 def plot_results(rows: Sequence[Mapping[str, object]], path, title: str = "attnzoo bench") -> List[str]:
     """Draws the picture of ``rows`` into ``path`` (PNG); returns what was left out and why (one
     string per model). Needs matplotlib (ImportError otherwise)."""
@@ -66,27 +97,25 @@ def plot_results(rows: Sequence[Mapping[str, object]], path, title: str = "attnz
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6.0), squeeze=False)
     by_model = {p["model"]: p for p in points if p["impl"] != "timm"}
     for ax, (key, xlabel) in zip(axes[0], panels):
-        for p in points:
-            x = p[key]
-            if x is None:
-                continue
-            c = colour[p["family"]]
+        placed = [p for p in points if p[key] is not None]
+        for p in placed:
+            x, c = p[key], colour[p["family"]]
             twin = p["impl"] == "timm"
+            faded = key == "rate" and not p["settled"]
+            alpha = 0.45 if faded else 1.0
             if key == "rate" and p["spread"] is not None:
                 lo, hi = p["spread"]
-                ax.plot([lo, hi], [p["top1"], p["top1"]], color=c, alpha=0.35, linewidth=3, solid_capstyle="butt")
-            ax.scatter([x], [p["top1"]], s=60, marker="s" if twin else "o", facecolors="none" if twin else [c],
-                       edgecolors=[c], linewidths=1.8, zorder=3)
+                ax.plot([lo, hi], [p["top1"], p["top1"]], color=c, alpha=0.3, linewidth=3, solid_capstyle="butt")
+            ax.scatter([x], [p["top1"]], s=110 if twin else 55, marker="s" if twin else "o", alpha=alpha,
+                       facecolors="none" if twin else [c], edgecolors=[c], linewidths=1.6, zorder=3)
             if twin and p["twin_of"] in by_model and by_model[p["twin_of"]][key] is not None:
                 ours = by_model[p["twin_of"]]
                 ax.plot([ours[key], x], [ours["top1"], p["top1"]], color=c, linestyle=":", linewidth=1, zorder=2)
-            if not twin:
-                text = p["label"] + ("" if key != "rate" or p["settled"] else " (not settled)")
-                ax.annotate(text, (x, p["top1"]), textcoords="offset points", xytext=(6, 4), fontsize=7, color=c)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
-        ax.margins(x=0.2, y=0.12)
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        ax.margins(x=0.25, y=0.12)
+        _label(ax, [p for p in placed if p["impl"] != "timm"], key, colour)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("published ImageNet-1k top-1 (%)")
         ax.grid(True, which="both", alpha=0.25)
@@ -95,8 +124,10 @@ def plot_results(rows: Sequence[Mapping[str, object]], path, title: str = "attnz
                 Line2D([], [], marker="s", linestyle="", markerfacecolor="none", color="0.3",
                        label="its timm twin (same weights)")]
     if has_speed:
-        handles.append(Line2D([], [], color="0.3", alpha=0.35, linewidth=3,
+        handles.append(Line2D([], [], color="0.3", alpha=0.3, linewidth=3,
                               label="half of the runs (interquartile range)"))
+        handles.append(Line2D([], [], marker="o", linestyle="", color="0.3", alpha=0.45,
+                              label="faded: the median had not settled"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
