@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import logging
 import re
 import sys
 import warnings
@@ -62,14 +63,18 @@ _EPILOG = ("Run 'attnzoo COMMAND --help' for a command's options. To report a bu
 
 
 def quiet_third_party_warnings() -> None:
-    """Hides warnings that third-party packages raise about themselves and that a user of attnzoo
-    can do nothing about; called by attnzoo's entry points (this command line), never on import of
-    the library, so a program that imports attnzoo keeps its own warning settings."""
+    """Hides warnings and log lines that third-party packages emit about themselves and that a user
+    of attnzoo can do nothing about; called by attnzoo's entry points (this command line), never on
+    import of the library, so a program that imports attnzoo keeps its own settings."""
     # mmengine 0.10 imports pkg_resources (setuptools < 81 is pinned for it).
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     # torchvision's FX feature extractor notes that a model's train and eval graphs differ (dropout,
     # drop path): timm's features_only=True, feature_cls='fx' builds both on purpose.
     warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing the model in", category=UserWarning)
+    # torch.utils.cpp_extension logs "No CUDA runtime is found, using CUDA_HOME=..." when it is first
+    # imported (torch.compile's CPU code generation imports it) on a machine with a CUDA toolkit and
+    # no GPU; `attnzoo env` says what CUDA there is and why not.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def _module_and_attr(path: str):

@@ -49,7 +49,12 @@ _PROBE = textwrap.dedent("""
     import torch, torchvision, timm, numpy, tqdm, safetensors, huggingface_hub  # they set filters of their own
     filters = list(warnings.filters)
     import attnzoo, attnzoo.tools.bench, attnzoo.tools.bench_routed, attnzoo.train.trainer
-    print(json.dumps(dict(report=report, heavy=heavy, filters_kept=filters == warnings.filters)))
+    kept = filters == warnings.filters
+    cpp_extension_before = "torch.utils.cpp_extension" in sys.modules  # bench-routed must not import it
+    from attnzoo.tools import cli
+    cli.quiet_third_party_warnings()
+    import torch.utils.cpp_extension  # what torch.compile imports; its CUDA_HOME line must not show
+    print(json.dumps(dict(report=report, heavy=heavy, filters_kept=kept, cpp_extension=cpp_extension_before)))
 """) % (HEAVY,)
 
 
@@ -58,7 +63,7 @@ def probe():
     proc = subprocess.run([sys.executable, "-c", _PROBE, *cli.COMMANDS], capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), stderr=proc.stderr)
 
 
 def test_help_and_usage_errors_import_nothing_heavy(probe):
@@ -81,6 +86,14 @@ def test_help_and_usage_errors_import_nothing_heavy(probe):
 
 def test_importing_attnzoo_leaves_the_warning_filters_alone(probe):
     assert probe["filters_kept"]
+
+
+def test_no_cuda_home_message_from_the_command_line(probe):
+    """On a CPU machine with a CUDA toolkit, importing torch.utils.cpp_extension logs "No CUDA runtime
+    is found, using CUDA_HOME=...": the benchmark modules do not import it, and the command line's
+    entry point silences it for torch.compile (the probe's stderr is the whole process's)."""
+    assert not probe["cpp_extension"]
+    assert "No CUDA runtime" not in probe["stderr"]
 
 
 def test_the_console_script_uses_the_same_light_entry():
