@@ -252,18 +252,19 @@ def _create(name: str, size: int, published_size: int) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False)
 
 
-def gflops_meta(name: str, img_size: int) -> float:
-    """GFLOPs (multiply-adds) of one image at ``img_size``, counted on the model built on the meta
-    device: shapes only, nothing allocated or computed, so it costs a fraction of a forward."""
+def size_on_meta(name: str, img_size: int) -> Tuple[float, float]:
+    """(millions of parameters, GFLOPs: multiply-adds of one image at ``img_size``), counted on the
+    model built on the meta device: shapes only, nothing allocated or computed, so it costs a
+    fraction of a forward (and nothing for the 1.4B-parameter models with --no-speed)."""
     model = timm.create_model(name, pretrained=False, device="meta")
-    return gflops_macs(model, img_size)
+    return sum(p.numel() for p in model.parameters()) / 1e6, gflops_macs(model, img_size)
 
 
 def _prepare(items: Sequence[Tuple[str, str, str]], args: argparse.Namespace, device: torch.device,
              refusals: Dict[str, Optional[str]], bar_desc: str):
-    """Builds every model of a group, counts its parameters and GFLOPs (on the meta device), runs its
-    warmup forwards;
-    returns (rows, {id(row): (module, input)}) for the rows that can be timed."""
+    """Counts the parameters and GFLOPs of every model of a group (on the meta device); to time
+    them, builds each and runs its warmup forwards. Returns (rows, {id(row): (module, input)}) for
+    the rows that can be timed."""
     dtype = _DTYPES[args.dtype]
     rows: List[_Row] = []
     ready: Dict[int, Tuple[torch.nn.Module, torch.Tensor]] = {}
@@ -278,17 +279,15 @@ def _prepare(items: Sequence[Tuple[str, str, str]], args: argparse.Namespace, de
             group_rows = [_Row(name, impl, entry.family, pub, b, twin_of or None, size) for b in backends]
             rows += group_rows
             try:
-                gflops = gflops_meta(name, pub.img_size)
+                params_m, gflops = size_on_meta(name, pub.img_size)
+                for row in group_rows:
+                    row.params_m, row.gflops = params_m, gflops
+                if args.no_speed:
+                    continue
                 model = _create(name, size, pub.img_size).to(device=device, dtype=dtype).eval()
-                params_m = sum(p.numel() for p in model.parameters()) / 1e6
             except Exception as e:  # reported in the table, the other models still run
                 for row in group_rows:
                     row.note = f"{name}: not built: {_first_line(e)}"
-                continue
-            for row in group_rows:
-                row.params_m, row.gflops = params_m, gflops
-            if args.no_speed:
-                del model
                 continue
             if size not in inputs:
                 torch.manual_seed(0)
