@@ -211,7 +211,10 @@ class Sandbox:
 
     def env(self, block: Block) -> Dict[str, str]:
         env = dict(os.environ)
-        for var in ("BENCH_ARGS", "PYTEST_ARGS", "PYTEST_WORKERS", "VIRTUAL_ENV", "PYTHONPATH"):
+        # as in a fresh shell: no options of an enclosing `make test` (its command-line variables and
+        # jobserver travel in MAKEFLAGS) and none of the variables README's make targets read
+        for var in ("BENCH_ARGS", "PYTEST_ARGS", "PYTEST_WORKERS", "VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MFLAGS",
+                    "MAKELEVEL", "MAKEOVERRIDES"):
             env.pop(var, None)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["VIRTUAL_ENV"] = sys.prefix
