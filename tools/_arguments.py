@@ -68,8 +68,8 @@ def bench(parser: argparse.ArgumentParser) -> None:
                       help="fnmatch patterns over the registered names, e.g. 'nat_*' dinat_tiny (default: the smallest "
                            "model with a published ImageNet top-1 of each family)")
     what.add_argument("--all", action="store_true",
-                      help="every registered model, the 1.4B-parameter giants included (hours on a CPU; models are "
-                           "timed in groups that fit in memory, one family at a time)")
+                      help="every registered model, the 1.4B-parameter giants included (long on a CPU; models are "
+                           "timed in groups that fit in memory, one family at a time, each group with its own --budget)")
     what.add_argument("--no-twins", action="store_true",
                       help="leave out the timm twins (by default each az_ model is timed beside timm's own model of "
                            "the same name, in the same rounds)")
