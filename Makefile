@@ -1,5 +1,7 @@
 # attnzoo: two commands, each does its own set-up on a fresh machine.
-#   make bench   benchmark every registered model (attnzoo bench), BENCH_ARGS='...' to pass options
+#   make bench   attnzoo bench: the smallest model of each family beside its timm twin, timed in
+#                alternating rounds; a table and a picture in bench-results/<date>-<time>/ (a few
+#                minutes on 2 cores). BENCH_ARGS='...' passes options, e.g. BENCH_ARGS=--all
 #   make test    run the test suite (python -m pytest -q -n 2), PYTEST_ARGS='...' to pass options;
 #                also installs MMDetection / MMSegmentation and builds mmcv once (setup-mm)
 # Set-up creates .venv (python3 -m venv) and installs attnzoo editable with the pinned versions

@@ -1,7 +1,7 @@
 """Mixers, position biases and blocks shared by the families (nn.Modules).
 
 Every mixer takes channels-last ``[B, *spatial, C]``, returns the same shape, pads to what its
-op needs and crops back, and keeps ``self.backend`` (see DESIGN.md "Mixer interface"). The
+op needs and crops back, and keeps ``self.backend`` (docs/architecture.md, "Layers"). The
 convolution-heavy families' mixers (HaloNet, SHViT) are the stated exceptions noted below.
 
 | module                    | what                                                          | families   |

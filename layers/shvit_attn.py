@@ -4,7 +4,7 @@
 Layout: unlike the channels-last mixers, this one is NCHW in and out (``[B, C, H, W]``): SHViT is a
 convolutional network whose blocks are all conv-BN, so it stays NCHW as timm's and the authors'
 implementation do, and converts to the op's heads-last layout (``[B, H, W, 1, dim]``) only at the
-op boundary. DESIGN.md allows this for convolution-heavy families.
+op boundary, as the mixer contract allows for convolution-heavy families (docs/architecture.md).
 """
 from __future__ import annotations
 

@@ -6,18 +6,23 @@
 beside ``attnzoo``, from tools/) finds ``attnzoo/tools/cli.py`` through the import system's finders
 without running the packages' ``__init__`` files and executes it as ``attnzoo.tools.cli``; a
 sub-command's own module is then imported normally (``attnzoo`` and all), when it runs.
+
+``find_spec`` and ``load_detached`` are also what ``attnzoo.tools.cli`` uses to read a command's
+arguments and docstring without importing its package.
 """
 from __future__ import annotations
 
 import importlib.util
 import sys
+from types import ModuleType
 from typing import Optional, Sequence
 
 _CLI = "attnzoo.tools.cli"
 
 
-def _find_spec(fullname: str):
-    """The module spec of ``fullname``, walking its parents' search paths without importing them."""
+def find_spec(fullname: str):
+    """The module spec of ``fullname``, walking its parents' search paths without importing them
+    (None when some part is not found)."""
     spec, path = None, None
     parts = fullname.split(".")
     for i in range(len(parts)):
@@ -34,10 +39,31 @@ def _find_spec(fullname: str):
     return spec
 
 
+def load_detached(fullname: str) -> Optional[ModuleType]:
+    """Executes module ``fullname`` without importing its parent packages and returns it, leaving
+    ``sys.modules`` as it was (None when it is not found). Only for modules whose top level imports
+    nothing from their own package: the module object is a one-off copy, for reading what it
+    defines (a command's argument function), not the module a later ``import`` gives."""
+    spec = find_spec(fullname)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(fullname)
+    sys.modules[fullname] = module  # dataclasses and typing look a class's module up while it is defined
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            sys.modules.pop(fullname, None)
+        else:
+            sys.modules[fullname] = previous
+    return module
+
+
 def _load_cli():
     if _CLI in sys.modules:
         return sys.modules[_CLI]
-    spec = _find_spec(_CLI)
+    spec = find_spec(_CLI)
     if spec is None or spec.loader is None:  # an unusual install: take the ordinary (slower) import
         return importlib.import_module(_CLI)
     module = importlib.util.module_from_spec(spec)

@@ -36,7 +36,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 import attnzoo
-from attnzoo.tools.bench import _device_name, _Footnotes, _markdown_table, _version
+from attnzoo.tools import _arguments
+from attnzoo.tools._report import Footnotes, device_name, markdown_table, version_of
 
 __all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates", "make_step"]
 
@@ -54,14 +55,6 @@ _DEFAULTS = {"cpu": {"warmup": 1, "iters": 3}, "cuda": {"warmup": 10, "iters": 3
 
 def op_modules(names: Sequence[str] = tuple(OP_MODULES)) -> Dict[str, ModuleType]:
     return {name: importlib.import_module(OP_MODULES[name]) for name in names}
-
-
-def _name_list(text: str, allowed: Sequence[str], what: str) -> Tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in allowed]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what} from {', '.join(allowed)}, got {text!r}")
-    return names
 
 
 def _sync(device: torch.device) -> None:
@@ -120,31 +113,8 @@ def _fmt_ms(seconds: float) -> str:
 
 
 
-def _all_backends() -> Tuple[str, ...]:
-    return tuple(dict.fromkeys(b for m in op_modules().values() for b in m.BACKENDS))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    modules = op_modules()
-    parser.add_argument("--ops", metavar="LIST", default=",".join(OP_MODULES),
-                        type=lambda s: _name_list(s, tuple(OP_MODULES), "ops"),
-                        help=f"comma-separated ops to benchmark (default: all, {','.join(OP_MODULES)})")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", choices=tuple(_DTYPES),
-                        help="default: float16 on cuda, float32 on cpu")
-    parser.add_argument("--small", action="store_true",
-                        help="each op's tiny case set (CPU-sized) instead of the full-size one")
-    parser.add_argument("--cases", metavar="LIST",
-                        help="comma-separated case names (default: every case of the selected ops' set); full sets: "
-                             + "; ".join(f"{op}: {', '.join(m.CASES)}" for op, m in modules.items()))
-    parser.add_argument("--backends", metavar="LIST",
-                        type=lambda s: _name_list(s, _all_backends(), "backends"),
-                        help="comma-separated, in table order; each op runs those it knows, the first of them is the "
-                             "one its ratios divide by (default: each op's own list: "
-                             + "; ".join(f"{op}: {','.join(m.BACKENDS)}" for op, m in modules.items()) + ")")
-    parser.add_argument("--no-backward", action="store_true", help="forward only")
-    parser.add_argument("--iters", type=int, metavar="N", help="timed runs per measurement (default: 3 cpu, 30 cuda)")
-    parser.add_argument("--warmup", type=int, metavar="N", help="untimed runs first (default: 1 cpu, 10 cuda)")
+    _arguments.bench_ops(parser)
 
 
 def _peak_mib(step: Callable[[], object], device: torch.device) -> float:
@@ -161,7 +131,7 @@ def _op_table(module: ModuleType, names: Sequence[str], pool: dict, backends: Se
               bandwidth: float, matmul_rate: float, prog: str) -> List[str]:
     passes = [False] if args.no_backward else [False, True]
     cuda = device.type == "cuda"
-    notes = _Footnotes()
+    notes = Footnotes()
     rows = []
     cache: Dict[Tuple, Callable] = {}
     elem = torch.tensor([], dtype=dtype).element_size()
@@ -188,8 +158,11 @@ def _op_table(module: ModuleType, names: Sequence[str], pool: dict, backends: Se
                     torch.cuda.empty_cache()
             base = backends[0]
             for other in backends[1:]:
-                ok = base in times and other in times
-                row.append(f"{times[other] / times[base]:.3g}x" if ok else "—")
+                if base in times and other in times:
+                    row.append(f"{times[other] / times[base]:.3g}x")
+                else:
+                    missing = " and ".join(b for b in (other, base) if b not in times)
+                    row.append(f"— {notes.ref(f'a ratio needs both times: no {missing} time (see its column)')}")
             if cuda:
                 row += [f"{peaks[b]:.0f}" if b in peaks else "—" for b in backends]
             rows.append(row)
@@ -198,7 +171,7 @@ def _op_table(module: ModuleType, names: Sequence[str], pool: dict, backends: Se
     headers = ["case", "pass", "roofline ms (bound)"] + [f"{b} ms" for b in backends] \
         + [f"{b} / {backends[0]}" for b in backends[1:]] + ([f"{b} peak MiB" for b in backends] if cuda else [])
     right = [False, False] + [True] * (len(headers) - 2)
-    lines = _markdown_table(headers, rows, right)
+    lines = markdown_table(headers, rows, right)
     if notes.notes:
         lines += ["", *notes.lines()]
     return lines
@@ -222,7 +195,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     pools = {op: (m.SMALL_CASES if args.small else m.CASES) for op, m in modules.items()}
     every = [n for pool in pools.values() for n in pool]
     try:
-        wanted = _name_list(args.cases, tuple(every), "cases") if args.cases else tuple(every)
+        wanted = _arguments.name_list(tuple(every), "cases")(args.cases) if args.cases else tuple(every)
     except argparse.ArgumentTypeError as e:
         print(f"{prog}: error: --cases: {e}", file=sys.stderr)
         return 2
@@ -245,8 +218,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         f"## attnzoo bench-ops, {now}",
         "",
         f"- command: `{shlex.join(['attnzoo', 'bench-ops', *argv])}`",
-        f"- device: {_device_name(device)}{interp}",
-        f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, triton {_version('triton')}, "
+        f"- device: {device_name(device)}{interp}",
+        f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, triton {version_of('triton')}, "
         f"python {platform.python_version()}",
         f"- {dtype}, median of {args.iters} timed runs after {args.warmup} warmup; ms per call",
         f"- measured at start: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
@@ -258,6 +231,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     ]
     if device.type == "cuda":
         header.append("- peak MiB: memory one step allocates beyond its inputs (torch.cuda.max_memory_allocated)")
+    else:
+        header.append("- on a CPU: the triton column and every ratio over it need a CUDA GPU (the Triton kernels run "
+                      "on CUDA only), as do the peak-memory columns; the other columns are this CPU's times")
     print("\n".join(header), flush=True)
 
     for m, names, backends in plan:

@@ -18,7 +18,8 @@ Two comparisons, each on biformer_tiny's stage-1 (56x56, C=64, 2 heads, topk 1) 
 * ``core``: q, k, v -> attention output only: ``routed_attention`` against the legacy path from
   the window partition of q and k/v to the un-partitioned output (routing included in both).
 
-Time: median of ``torch.utils.benchmark`` blocked measurements (``--min-run-time`` seconds each),
+Time: median of blocked measurements (``--min-run-time`` seconds each: blocks of calls long enough
+that the timer's resolution does not matter, the median of the per-call time over the blocks),
 the two implementations measured alternately. ``fwd`` is an inference forward (``no_grad``);
 ``fwd+bwd`` is a forward with autograd and the backward of ``out.sum()`` into every input and
 parameter. Peak memory: each case runs in a fresh subprocess with glibc's mmap threshold fixed
@@ -39,13 +40,14 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 import attnzoo
+from attnzoo.tools import _arguments
 from attnzoo.kernels.routed_attention import routed_attention
 from attnzoo.layers.biformer_attn import BiLevelRoutingAttention2d
 
@@ -230,27 +232,31 @@ def _peak_memory(kind: str, impl: str, stage: str, mode: str, batch: int, thread
 
 
 def _median_seconds(fn, tensors, mode: str, min_run_time: float) -> float:
-    timer = benchmark.Timer(stmt="step(fn, tensors, mode)", globals=dict(step=_step, fn=fn, tensors=tensors, mode=mode),
-                            num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    """Median seconds of one ``_step`` over blocks of calls that fill ``min_run_time`` seconds (at
+    least three blocks); a block holds enough calls to last 10 ms or more, so the timer's resolution
+    and the loop's overhead do not count (torch.utils.benchmark's blocked_autorange does the same;
+    it is not used because importing it loads torch's C++-extension machinery, which prints a
+    CUDA_HOME warning on machines without CUDA)."""
+    number = 1
+    while True:  # calibrate the block size
+        start = time.perf_counter()
+        for _ in range(number):
+            _step(fn, tensors, mode)
+        if time.perf_counter() - start >= 0.01 or number >= 10**6:
+            break
+        number *= 10
+    blocks: List[float] = []
+    began = time.perf_counter()
+    while len(blocks) < 3 or time.perf_counter() - began < min_run_time:
+        start = time.perf_counter()
+        for _ in range(number):
+            _step(fn, tensors, mode)
+        blocks.append((time.perf_counter() - start) / number)
+    return statistics.median(blocks)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="default: 8")
-    parser.add_argument("--stages", nargs="+", choices=tuple(STAGES), default=list(STAGES),
-                        help="biformer_tiny stage shapes at 224 px (default: both)")
-    parser.add_argument("--kinds", nargs="+", choices=("mixer", "core"), default=["mixer", "core"],
-                        help="whole mixer and/or attention core (default: both)")
-    parser.add_argument("--modes", nargs="+", choices=("fwd", "fwd+bwd"), default=["fwd", "fwd+bwd"])
-    parser.add_argument("--dtype", choices=tuple(_DTYPES), default="float32",
-                        help="weights and inputs of both implementations (default: float32)")
-    parser.add_argument("--rounds", type=int, default=3, metavar="N",
-                        help="alternating timing rounds per implementation; the median is reported (default: 3)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, metavar="S",
-                        help="seconds of each torch.utils.benchmark measurement (default: 1.0)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), metavar="N",
-                        help=f"torch CPU threads (default: {torch.get_num_threads()})")
-    parser.add_argument("--no-memory", action="store_true", help="time only")
+    _arguments.bench_routed(parser)
 
 
 def _check_same(kind: str, stage: str, batch: int, dtype: str) -> float:
@@ -263,6 +269,8 @@ def _check_same(kind: str, stage: str, batch: int, dtype: str) -> float:
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     prog = "attnzoo bench-routed"
+    if args.threads is None:
+        args.threads = torch.get_num_threads()
     if args.batch_size < 1 or args.rounds < 1 or args.min_run_time <= 0 or args.threads < 1:
         print(f"{prog}: error: --batch-size, --rounds and --threads must be >= 1 and --min-run-time > 0", file=sys.stderr)
         return 2
@@ -276,8 +284,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         f"- versions: attnzoo {attnzoo.__version__}, torch {torch.__version__}, python {platform.python_version()}",
         f"- inputs: batch {args.batch_size}, {args.dtype}, biformer_tiny shapes at 224 px, {NUM_REGIONS}x{NUM_REGIONS} regions; "
         "legacy = re-implementation of the authors' ops/bra_legacy.py (gather of topk k/v copies, explicit scores)",
-        f"- time: median over {args.rounds} alternating rounds of torch.utils.benchmark blocked_autorange "
-        f"(min_run_time {args.min_run_time}s) medians; memory: peak RSS above inputs + weights during one call, "
+        f"- time: median over {args.rounds} alternating rounds of blocked measurements "
+        f"({args.min_run_time}s each, see the module docstring); memory: peak RSS above inputs + weights during one call, "
         "fresh subprocess per case (see the module docstring)",
     ]), end="\n\n", flush=True)
     rows: List[List[str]] = []
@@ -313,7 +321,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="attnzoo bench-routed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="attnzoo bench-routed", description=" ".join(__doc__.split("\n\n")[0].split()))
     add_arguments(parser)
     return run(parser.parse_args(argv), argv)
 

@@ -14,7 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from timm.utils import ParseKwargs
+
+class ParseKwargs(argparse.Action):
+    """timm's ``ParseKwargs`` (``KEY=VALUE`` pairs -> a dict), imported when an argument is parsed:
+    this module stays free of torch / timm imports so ``attnzoo train --help`` answers at once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from timm.utils import ParseKwargs as TimmParseKwargs
+
+        TimmParseKwargs.__call__(self, parser, namespace, values, option_string)
+
 
 __all__ = [
     "TrainInputError", "add_train_arguments", "add_validate_arguments", "parse_with_defaults",

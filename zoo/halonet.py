@@ -14,8 +14,8 @@ a stage's first block carries its stride (the halo attention strides its queries
 final 1x1 convolution widens the features before average pooling and the classifier.
 
 Layout: this family is convolution-heavy, so blocks keep NCHW and convert to channels-last only at
-the mixer boundary (``attnzoo.layers.HaloAttention2d`` takes ``[B, H, W, C]``), as DESIGN.md
-allows. ``forward_features`` returns NHWC like every attnzoo family; ``forward_intermediates``
+the mixer boundary (``attnzoo.layers.HaloAttention2d`` takes ``[B, H, W, C]``), as the mixer
+contract allows for convolution-heavy families (docs/architecture.md). ``forward_features`` returns NHWC like every attnzoo family; ``forward_intermediates``
 returns NCHW (or NHWC) and its last feature is taken after ``final_conv``, as timm's.
 
 Differences from timm's ByobNet: ``zero_init_last`` defaults to False (the generic tests want

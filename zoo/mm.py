@@ -42,10 +42,43 @@ import timm
 from ._registry import get_entry
 from .hub import check_state_dict, fetch_checkpoint, read_state_dict
 
-try:
-    from mmengine.model import BaseModule
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("attnzoo.mm needs OpenMMLab: pip install 'attnzoo[mm]' and build mmcv (see README, 'Detection and segmentation')") from exc
+_EXTRA = "pip install -e '.[mm]' in the attnzoo checkout"
+_MMCV = "attnzoo install-mmcv (builds mmcv 2.1.0 with its ops for this torch once, 7-15 min on 2 cores, then caches it)"
+
+
+def _missing_openmmlab() -> Optional[str]:
+    """None when what attnzoo.mm needs imports (mmengine, mmcv with its compiled ops, mmdet or
+    mmseg); else a sentence naming the missing piece and the command that installs it."""
+    try:
+        importlib.import_module("mmengine.model")
+    except ImportError as e:
+        return f"attnzoo.mm needs OpenMMLab and mmengine does not import ({e}); run {_EXTRA}, then {_MMCV}"
+    try:
+        mmcv = importlib.import_module("mmcv")
+    except ImportError as e:
+        return (f"attnzoo.mm: mmdet and mmseg need mmcv, which does not import ({e}); the package index has no mmcv "
+                f"wheel with compiled ops for current torch: run {_MMCV}")
+    try:
+        importlib.import_module("mmcv.ops")
+    except Exception as e:  # mmcv-lite, or ops built for another torch
+        return (f"attnzoo.mm: mmcv {getattr(mmcv, '__version__', '?')} is installed but its compiled ops do not load "
+                f"({type(e).__name__}: {e}); run {_MMCV}")
+    errors = []
+    for scope in ("mmdet", "mmseg"):
+        try:
+            importlib.import_module(f"{scope}.registry")
+        except ImportError as e:
+            errors.append(f"{scope}: {e}")
+    if len(errors) == 2:
+        return f"attnzoo.mm needs mmdet or mmseg and neither imports ({'; '.join(errors)}); run {_EXTRA}"
+    return None
+
+
+_MISSING = _missing_openmmlab()
+if _MISSING is not None:
+    raise ImportError(_MISSING)
+
+from mmengine.model import BaseModule  # noqa: E402
 
 __all__ = ["AttnZooBackbone", "registered_scopes"]
 

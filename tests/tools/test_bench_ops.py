@@ -58,8 +58,10 @@ def test_small_cpu_run_prints_a_markdown_table(capsys, monkeypatch):
         roof, bound = row["roofline ms (bound)"].split()
         assert _is_number(roof) and bound in ("(mem)", "(math)")
         assert _is_number(row["reference ms"]) and _is_number(row["sdpa ms"]) and _is_number(row["sdpa / reference"])
-        assert row["triton ms"].startswith("n/a [") and row["triton / reference"] == "—"
+        assert row["triton ms"].startswith("n/a [") and row["triton / reference"].startswith("— [")
     assert "triton: inputs are on cpu" in out  # the footnote says why
+    assert "a ratio needs both times: no triton time" in out
+    assert "- on a CPU: the triton column and every ratio over it need a CUDA GPU" in out
 
 
 def test_forward_only_and_bad_arguments(capsys):
