@@ -151,4 +151,4 @@ def _triton_entry():
     return aggregated_triton
 
 
-aggregated_attention_op.register_triton(_triton_kernels, _triton_entry)
+aggregated_attention_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_aggregated")

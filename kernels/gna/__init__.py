@@ -73,4 +73,4 @@ def _triton_entry():
     return gna_triton
 
 
-gna_op.register_triton(_triton_kernels, _triton_entry)
+gna_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_gna")

@@ -83,4 +83,4 @@ def _triton_entry():
     return halo_triton
 
 
-halo_attention_op.register_triton(_triton_kernels, _triton_entry)
+halo_attention_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_halo")

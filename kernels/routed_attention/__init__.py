@@ -106,4 +106,4 @@ def _triton_entry():
     return routed_triton
 
 
-routed_attention_op.register_triton(_triton_kernels, _triton_entry)
+routed_attention_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_routed")
