@@ -61,6 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.flash import softmax_epilogue, softmax_step
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import packing
@@ -177,18 +178,11 @@ def _routed_fwd_kernel(
         else:
             mask = k_ok[None, :] & (g[:, None] >= 0)
         s = tl.where(mask, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key in this step yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out, lse = softmax_epilogue(m_i, l_i, acc)
     tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
-    tl.store(LSE + q_row, m_i + tl.log2(l_safe), mask=q_ok)
+    tl.store(LSE + q_row, lse, mask=q_ok)
 
 
 # --- backward ------------------------------------------------------------------------------------
