@@ -2,7 +2,8 @@
 #   make bench   attnzoo bench: the smallest model of each family beside its timm twin, timed in
 #                alternating rounds; a table and a picture in bench-results/<date>-<time>/ (a few
 #                minutes on 2 cores). BENCH_ARGS='...' passes options, e.g. BENCH_ARGS=--all
-#   make test    run the test suite (python -m pytest -q -n 2), PYTEST_ARGS='...' to pass options;
+#   make test    run the test suite (python -m pytest -q -n 2, then the Triton interpreter tests in a
+#                process of their own), PYTEST_ARGS='...' to pass options to both;
 #                also installs MMDetection / MMSegmentation and builds mmcv once (setup-mm)
 # Set-up creates .venv (python3 -m venv) and installs attnzoo editable with the pinned versions
 # in .ci/constraints.txt; it is redone only when pyproject.toml or the constraints change.
@@ -22,6 +23,8 @@ PYTEST_ARGS ?=
 # each worker's torch uses one thread (tests/conftest.py). PYTEST_WORKERS= runs in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
+# Where the interpreter run collects (every `interpreter`-marked test lives there).
+INTERPRETER_TESTS ?= tests/kernels
 
 .DEFAULT_GOAL := bench
 .PHONY: bench test setup setup-mm setup-timm-tests gpu-check kernels setup-triton36
@@ -31,8 +34,16 @@ bench: setup
 
 # ATTNZOO_REQUIRE_MM=1: with OpenMMLab installed by setup-mm, its tests must run, not skip;
 # ATTNZOO_REQUIRE_TIMM_TESTS=1: likewise timm's suite, unpacked by setup-timm-tests.
+# Two pytest runs: everything, then the `interpreter`-marked tests (the fused kernels, all in
+# tests/kernels) in a process started with TRITON_INTERPRET=1, which Triton must see before it is
+# imported (tests/conftest.py: that process runs only them, the first skips them without CUDA).
+# Both always run; the target fails if either does (the second finding no test, exit 5, is not a
+# failure: PYTEST_ARGS may select none of them).
 test: setup setup-mm setup-timm-tests
-	ATTNZOO_REQUIRE_MM=1 ATTNZOO_REQUIRE_TIMM_TESTS=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	@rc=0; \
+	ATTNZOO_REQUIRE_MM=1 ATTNZOO_REQUIRE_TIMM_TESTS=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS) || rc=1; \
+	TRITON_INTERPRET=1 $(VENV_PYTHON) -m pytest -q $(PYTEST_WORKERS) $(INTERPRETER_TESTS) $(PYTEST_ARGS) || [ $$? -eq 5 ] || rc=1; \
+	exit $$rc
 
 setup: $(STAMP)
 

@@ -10,8 +10,50 @@ Triton kernels, chosen per call by the rule in ``_dispatch.py``.
 | routed_attention  | ``routed_attention/``  | BiFormer bi-level routing attention            |
 | aggregated_attention | ``aggregated_attention/`` | TransNeXt (stages 1-3; ``length_scaled_attention`` stage 4) |
 
-Each folder holds ``_params.py`` (input checks), ``reference.py`` (the specification) and
-``__init__.py`` (the public function and its ``<folder>_op`` dispatcher).
+Adding an op: the contract of an op folder
+-------------------------------------------
+
+Every op is one folder ``kernels/<op>/`` and one entry in ``OPS`` below (plus the import of its
+public function and ``__all__``). ``tests/kernels/test_op_contract.py`` walks ``OPS`` and checks
+all of this, so an op that forgets a piece fails a test.
+
+Every op:
+
+* ``_params.py`` - the pattern (sizes, kernel, stride, ...) and its input checks, shared by every
+  backend.
+* ``reference.py`` - the specification: pure PyTorch, differentiable, vectorised, float32
+  accumulation; ``<op>_reference``.
+* ``__init__.py`` - ``<op>_op = Op("<op>", reference)`` (``_dispatch.Op``, the dispatcher) and the
+  public function, which validates its inputs with ``_params`` and calls
+  ``<op>_op.select(backend, ...)``; it takes ``backend=None``.
+
+An op with fused Triton kernels adds (imports run one way: ``_library`` -> ``triton`` ->
+``_autotune`` / ``_params``; the package imports without triton):
+
+* ``triton.py`` - the ``@triton.jit`` kernels and their host code, which launches through
+  ``_triton.launch.launch`` (so the compile gate compiles the launch code itself), and
+
+  - ``can_run_triton(*args)``: None, or the sentence saying why these inputs cannot run (dtype,
+    head dim, grid and int32 limits), taking the dispatcher's arguments (what ``Op.select``
+    receives after the public function's checks);
+  - ``step_launches(*args, backward=True)``: every launch of one training step for those
+    arguments (the compile gate and the compile probe call it on meta tensors);
+  - ``INTERPRETER``: whether the kernels were built for Triton's interpreter (TRITON_INTERPRET=1
+    before the process imported triton).
+* ``_autotune.py`` - the tile configs, their pruning, the untuned default and the interpreter's
+  fixed tile.
+* ``_library.py`` - the ``torch.library`` custom ops (forward and backward, fake implementations,
+  autograd), whose bodies run the kernels through ``_triton.fallback.run_or_fall_back``, and the
+  entry ``<op>_triton(*args, fallback=False)`` the dispatcher calls.
+* in ``__init__.py``: ``<op>_op.register_triton(kernels, entry, bench=...)``, ``kernels`` and
+  ``entry`` being functions that import ``triton`` and the entry of ``_library`` (lazily), ``bench``
+  the module path of its ``attnzoo bench-ops`` case module (``tools/bench_ops_<op>.py``, the
+  interface that ``tools/bench_ops.py`` describes).
+
+Outside the folder a fused op adds that case module and its tests: ``tests/kernels/test_<op>.py``
+(reference) and ``tests/kernels/test_<op>_triton.py`` (``pytestmark = pytest.mark.interpreter``:
+run in a process started with TRITON_INTERPRET=1; tests/conftest.py). The compile gate
+(``attnzoo kernels``), ``attnzoo selftest`` and ``attnzoo bench-ops`` find it through ``OPS``.
 """
 from ._dispatch import BACKENDS, BackendUnavailableError, default_backend
 from ._flops import OpFlops, count_op_flops

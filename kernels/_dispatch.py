@@ -96,6 +96,9 @@ class Op:
         self.reference = reference
         self._backends: Dict[str, _Backend] = {}
         self._triton_kernels: Optional[Callable[[], Any]] = None
+        self.bench: Optional[str] = None
+        """The module path of the op's case module for ``attnzoo bench-ops`` (set with its Triton
+        backend: a fused op is benchmarked against its alternatives)."""
 
     def register(self, name: str, load: Callable[[], Callable[..., Any]], check: Check, fallback: bool = False) -> None:
         """Adds a backend. ``load()`` returns its implementation (called once, on first use);
@@ -107,17 +110,18 @@ class Op:
             raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
         self._backends[name] = _Backend(name, load, check, fallback)
 
-    def register_triton(self, kernels: Callable[[], Any], entry: str) -> None:
-        """Adds a Triton backend: ``kernels()`` imports and returns the op's kernel module (a
-        function holding ``from . import triton``, an import Dynamo can trace, unlike importlib);
-        the module's ``entry`` runs the op and its ``can_run_triton`` (the op's arguments) says why
-        it refuses. Nothing imports triton for inputs it could never take (CPU tensors outside
-        Triton's interpreter)."""
+    def register_triton(self, kernels: Callable[[], Any], entry: Callable[[], Callable[..., Any]], bench: str) -> None:
+        """Adds a Triton backend. ``kernels()`` imports and returns the op's kernel module
+        (``<op>/triton.py``), whose ``can_run_triton`` (the op's arguments) says why it refuses and
+        whose ``INTERPRETER`` says whether its kernels were built for Triton's interpreter;
+        ``entry()`` imports and returns the function that runs the op through its custom ops
+        (``<op>/_library.py``, which imports the kernel module: imports run one way). Both are
+        functions holding a relative import, an import Dynamo can trace, unlike importlib.
+        ``bench``: the module path of its ``attnzoo bench-ops`` case module. Nothing imports triton
+        for inputs it could never take (CPU tensors outside Triton's interpreter)."""
 
         self._triton_kernels = kernels
-
-        def load() -> Callable[..., Any]:
-            return getattr(kernels(), entry)
+        self.bench = bench
 
         def check(q: torch.Tensor, *args: Any, **kwargs: Any) -> Optional[str]:
             interpret = os.environ.get("TRITON_INTERPRET", "") == "1"
@@ -131,13 +135,13 @@ class Op:
             if q.device.type != "cuda":
                 if not module.INTERPRETER:
                     return (f"inputs are on {q.device.type} but {module.__name__} was built for the GPU "
-                            "(TRITON_INTERPRET=1 must be set before it is first imported)")
+                            "(TRITON_INTERPRET=1 must be set before the process imports triton)")
                 if q.dtype == torch.bfloat16:
                     return ("Triton's interpreter does not compute bfloat16 correctly (its tl.dot is off by "
                             "orders of magnitude); bfloat16 runs on the reference off the GPU")
             return module.can_run_triton(q, *args, **kwargs)
 
-        self.register("triton", load, check, fallback=True)
+        self.register("triton", entry, check, fallback=True)
 
     def triton_kernels(self) -> Any:
         """The op's kernel module (imports triton), or None when it has no Triton backend."""

@@ -6,6 +6,10 @@ timing, the roofline, peak memory, the tables):
 * ``gna``: tools/bench_ops_gna.py (NA, DiNAT, MaxViT block / grid, NA1D / NA3D, blocked patterns)
 * ``routed_attention``: tools/bench_ops_routed.py (BiFormer's stages; the authors' gather path)
 * ``aggregated_attention``: tools/bench_ops_aggregated.py (TransNeXt's stages)
+* ``halo_attention``: tools/bench_ops_halo.py (HaloNet's stages)
+
+An op names its case module where it registers its Triton backend (``bench=``), so a new op's
+case module needs no line here.
 
 A case module defines ``OP``; ``BACKENDS`` (the first is the one the ratio columns divide by);
 ``NOTES`` (lines for the header); ``CASES`` and ``SMALL_CASES`` (name -> case with
@@ -36,18 +40,15 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 import attnzoo
+import attnzoo.kernels
 from attnzoo.tools import _arguments
 from attnzoo.tools._report import Footnotes, device_name, markdown_table, version_of
 
 __all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates", "make_step"]
 
-OP_MODULES = {
-    "gna": "attnzoo.tools.bench_ops_gna",
-    "routed_attention": "attnzoo.tools.bench_ops_routed",
-    "aggregated_attention": "attnzoo.tools.bench_ops_aggregated",
-    "halo_attention": "attnzoo.tools.bench_ops_halo",
-}
-"""op name -> its case module (imported when the command runs)."""
+OP_MODULES = {name: op.bench for name, op in attnzoo.kernels.OPS.items() if op.bench is not None}
+"""op name -> its case module (imported when the command runs): every registered op with a Triton
+backend names one (``Op.register_triton(..., bench=)``)."""
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEFAULTS = {"cpu": {"warmup": 1, "iters": 3}, "cuda": {"warmup": 10, "iters": 30}}

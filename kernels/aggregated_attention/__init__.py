@@ -145,4 +145,10 @@ def _triton_kernels():
     return triton
 
 
-aggregated_attention_op.register_triton(_triton_kernels, "aggregated_triton")
+def _triton_entry():
+    from ._library import aggregated_triton
+
+    return aggregated_triton
+
+
+aggregated_attention_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_aggregated")

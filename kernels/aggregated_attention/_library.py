@@ -5,17 +5,17 @@ implementations and the autograd formula that ties them together.
 
 ``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
 and ``torch.library.opcheck`` tests them (tests/kernels/test_aggregated_attention_triton.py). The
-ops live here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of that
-module for Triton's interpreter) does not register them twice; they look the kernels up at call
-time. A kernel that cannot run on the device falls back to the reference when the
-dispatcher chose Triton by itself (``fallback``; ``_triton/fallback.py``).
+module imports the kernels (``triton.py``); nothing in the kernel layer imports it back: imports
+run one way, ``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher reaches the
+entry function (``aggregated_triton``) through the op folder's ``__init__``. A kernel that cannot
+run on the device falls back to the reference when the dispatcher chose Triton by itself
+(``fallback``; ``_triton/fallback.py``).
 
 An op returns tensors only: an absent input's gradient is an empty tensor in the op's result and
 None in autograd's.
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional, Tuple
 
 import torch
@@ -24,17 +24,13 @@ from torch import Tensor
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import AggregatedParams
 from .reference import _aggregated_reference
+from .triton import aggregated_backward, aggregated_forward
 
-__all__ = ["aggregated_fused"]
+__all__ = ["aggregated_triton"]
 
 _INPUTS = ("q", "k", "v", "k_pool", "v_pool", "pool_bias", "local_bias", "query_embedding", "temperature",
            "learnable_tokens", "learnable_bias")
 
-
-def _kernels():
-    from . import triton  # noqa: F401  (the module object survives importlib.reload)
-
-    return sys.modules[__package__ + ".triton"]
 
 
 def _params(q: Tensor, k_pool: Tensor, window_size: Optional[int]) -> AggregatedParams:
@@ -54,7 +50,7 @@ def aggregated_fwd(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_pool: 
         return out, q.new_full(q.shape[:4], float("nan"), dtype=torch.float32)
 
     return run_or_fall_back(pattern_key("aggregated_attention", tensors, (window_size,)),
-                            lambda: _kernels().aggregated_forward(*tensors, window_size), reference, fallback)
+                            lambda: aggregated_forward(*tensors, window_size), reference, fallback)
 
 
 @aggregated_fwd.register_fake
@@ -81,7 +77,7 @@ def aggregated_bwd(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Optional
         return reference_grads(lambda *t: _aggregated_reference(*t, params), tensors, grad_out, wanted)
 
     grads = run_or_fall_back(pattern_key("aggregated_attention", tensors, (window_size,)),
-                             lambda: _kernels().aggregated_backward(grad_out, *tensors, out, lse, window_size,
+                             lambda: aggregated_backward(grad_out, *tensors, out, lse, window_size,
                                                                     pool_bias_grad),
                              reference, fallback)
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
@@ -117,10 +113,14 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
 aggregated_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def aggregated_fused(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature, learnable_tokens,
-                     learnable_bias, params: AggregatedParams, fallback: bool = False) -> Tensor:
-    """aggregated_attention through the custom op (inputs validated by ``check_aggregated_inputs``);
-    ``fallback``: see ``_triton/fallback.py``."""
+def aggregated_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
+                      learnable_tokens, learnable_bias, params: AggregatedParams, fallback: bool = False) -> torch.Tensor:
+    """aggregated_attention on the fused Triton kernels; inputs already validated and accepted by
+    ``can_run_triton``. Returns ``[B, H, W, heads, v_dim]`` in q's dtype. ``fallback``: kernels
+    that cannot run on this device give the reference's result and a warning (``_triton/fallback.py``).
+
+    Runs as the custom op ``torch.ops.attnzoo.aggregated_fwd`` (backward ``attnzoo.aggregated_bwd``),
+    so ``torch.compile`` and ``torch.export`` see one node."""
     out, _ = aggregated_fwd(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
                             learnable_tokens, learnable_bias, params.window_size, bool(fallback))
     return out

@@ -55,8 +55,7 @@ normalisations and every accumulator are float32.
 Under Triton's interpreter (``TRITON_INTERPRET=1`` when this module is first imported) the kernels
 run on CPU tensors with a fixed 16-query / 16-pooled-key tile (tests). On CUDA the tiles are
 autotuned for large problems (``_autotune.py``; ``ATTNZOO_AGGREGATED_AUTOTUNE=0``: one default
-config). As gna's kernels, these use no ``@jit`` function of Triton's library (``tl.sum``,
-``tl.zeros``...), so the interpreter runs them whichever way triton was first imported.
+config). The variable must be set before the process imports triton.
 """
 from __future__ import annotations
 
@@ -72,16 +71,12 @@ from .._triton.launch import launch
 from . import _autotune
 from ._params import AggregatedParams
 
-__all__ = ["step_launches", "aggregated_triton", "aggregated_forward", "aggregated_backward", "can_run_triton", "INTERPRETER",
+__all__ = ["step_launches", "aggregated_forward", "aggregated_backward", "can_run_triton", "INTERPRETER",
            "MAX_WINDOW"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
 environment when this module was first imported (Triton decides at decoration time)."""
-_BUILD_PROBLEM = None
-if not INTERPRETER and type(tl.sum).__name__ == "InterpretedFunction":
-    _BUILD_PROBLEM = ("triton was imported with TRITON_INTERPRET=1 but attnzoo.kernels.aggregated_attention.triton "
-                      "without it; set it before both imports or before neither")
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
@@ -100,8 +95,6 @@ def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embeddi
     naming the argument and the accepted range. Both public functions dispatch here:
     ``length_scaled_attention`` (``params.window_size is None``) runs the same kernels without the
     local branch."""
-    if _BUILD_PROBLEM is not None:
-        return _BUILD_PROBLEM
     if q.dtype not in _DTYPES:
         return f"q dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     if not _dim_ok(q.shape[-1]):
@@ -124,22 +117,6 @@ def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embeddi
 
 
 # --- device helpers ------------------------------------------------------------------------------
-
-@triton.jit
-def _row_sum(x):
-    # tl.reduce with triton's own combine functions: see kernels/gna/triton.py (_row_sum)
-    return tl.reduce(x, 1, tl.standard._sum_combine)
-
-
-@triton.jit
-def _col_sum(x):
-    return tl.reduce(x, 0, tl.standard._sum_combine)
-
-
-@triton.jit
-def _row_max(x):
-    return tl.reduce(x, 1, tl.standard._elementwise_max)
-
 
 @triton.jit
 def _softplus(t):
@@ -166,7 +143,7 @@ def _query_state(Q, QE, TEMP, row, q_ok, y, x, h, HH, WW, P, od,
     ``c = softplus(T) log(L_n + P)`` per row, the query embedding and ``s = (q^ + qe) c``."""
     dmask = od < D
     q = tl.load(Q + row[:, None] * D + od[None, :], mask=q_ok[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-    qn = tl.sqrt(_row_sum(q * q))
+    qn = tl.sqrt(tl.sum(q * q, 1))
     q_hat = q / tl.maximum(qn, 1e-12)[:, None]
     qe = tl.load(QE + h * D + od, mask=dmask, other=0.0).to(tl.float32)
     c = _softplus(tl.load(TEMP + h).to(tl.float32)) * _length_scale(y, x, HH, WW, P, R, LOCAL)
@@ -181,7 +158,7 @@ def _pool_keys(KP, VP, b, h, NH, P, p0, od, ov, D: tl.constexpr, DV: tl.constexp
     p_ok = pp < P
     prow = (b.to(tl.int64) * P + pp) * NH + h
     kp = tl.load(KP + prow[:, None] * D + od[None, :], mask=p_ok[:, None] & (od[None, :] < D), other=0.0).to(tl.float32)
-    kp_hat = kp / tl.maximum(tl.sqrt(_row_sum(kp * kp)), 1e-12)[:, None]
+    kp_hat = kp / tl.maximum(tl.sqrt(tl.sum(kp * kp, 1)), 1e-12)[:, None]
     vp = tl.load(VP + prow[:, None] * DV + ov[None, :], mask=p_ok[:, None] & (ov[None, :] < DV), other=0.0)
     return pp, p_ok, prow, kp_hat, vp
 
@@ -226,15 +203,15 @@ def _fwd_kernel(
             inside = q_ok & (yy >= 0) & (yy < HH) & (xx >= 0) & (xx < WW)
             krow = (b.to(tl.int64) * N + yy * WW + xx) * NH + h
             k = tl.load(K + krow[:, None] * D + od[None, :], mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-            a = _row_sum(s * k) / tl.maximum(tl.sqrt(_row_sum(k * k)), 1e-12)
+            a = tl.sum(s * k, 1) / tl.maximum(tl.sqrt(tl.sum(k * k, 1)), 1e-12)
             if HAS_LB:
                 a += tl.load(LB + h * L + l).to(tl.float32)
             a = tl.where(inside, a * 1.4426950408889634, float("-inf"))
             logits = tl.where(lidx[None, :] == l, a[:, None], logits)
-        m_i = _row_max(logits)
+        m_i = tl.max(logits, 1)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)  # rows past the end see no slot
         w_loc = tl.exp2(logits - m_i[:, None])
-        l_i = _row_sum(w_loc)
+        l_i = tl.sum(w_loc, 1)
         acc_lt = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
         for l in tl.static_range(L):
             yy = y + (l // WS - R)
@@ -242,13 +219,13 @@ def _fwd_kernel(
             inside = q_ok & (yy >= 0) & (yy < HH) & (xx >= 0) & (xx < WW)
             krow = (b.to(tl.int64) * N + yy * WW + xx) * NH + h
             v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=inside[:, None] & vmask[None, :], other=0.0).to(tl.float32)
-            w = _row_sum(tl.where(lidx[None, :] == l, w_loc, 0.0))
+            w = tl.sum(tl.where(lidx[None, :] == l, w_loc, 0.0), 1)
             acc += w[:, None] * v
             if HAS_LT or HAS_LBIAS:
                 t = tl.full([BLOCK_M], 0.0, tl.float32)
                 if HAS_LT:
                     lt = tl.load(LT + (h * D + od) * L + l, mask=dmask, other=0.0).to(tl.float32)
-                    t += _row_sum(q_hat * lt[None, :])
+                    t += tl.sum(q_hat * lt[None, :], 1)
                 if HAS_LBIAS:
                     t += tl.load(LBIAS + h * L + l).to(tl.float32)
                 acc_lt += t[:, None] * v
@@ -266,10 +243,10 @@ def _fwd_kernel(
             pb_off = (h * N + m).to(tl.int64)[:, None] * P + pp[None, :]
             ap += tl.load(PB + pb_off, mask=q_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
         ap = tl.where(p_ok[None, :], ap * 1.4426950408889634, float("-inf"))
-        m_new = tl.maximum(m_i, _row_max(ap))
+        m_new = tl.maximum(m_i, tl.max(ap, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(ap - m_new[:, None])
-        l_i = l_i * alpha + _row_sum(p)
+        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(vp.dtype), vp, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -317,7 +294,7 @@ def _bwd_query_kernel(
     g = do.to(tl.float32)
     o = tl.load(O + row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & vmask[None, :], other=0.0).to(tl.float32)
     lse = tl.load(LSE + row, mask=q_ok, other=0.0)
-    delta = _row_sum(g * o)
+    delta = tl.sum(g * o, 1)
 
     # the row layout of _part_width; without a local branch it holds query_embedding and temperature only
     if LOCAL:
@@ -340,14 +317,14 @@ def _bwd_query_kernel(
             inside = q_ok & (yy >= 0) & (yy < HH) & (xx >= 0) & (xx < WW)
             krow = (b.to(tl.int64) * N + yy * WW + xx) * NH + h
             k = tl.load(K + krow[:, None] * D + od[None, :], mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-            k_hat = k / tl.maximum(tl.sqrt(_row_sum(k * k)), 1e-12)[:, None]
-            a = _row_sum(s * k_hat)
+            k_hat = k / tl.maximum(tl.sqrt(tl.sum(k * k, 1)), 1e-12)[:, None]
+            a = tl.sum(s * k_hat, 1)
             s_k = tl.where(lidx[None, :] == l, a[:, None], s_k)
             if HAS_LB:
                 a += tl.load(LB + h * L + l).to(tl.float32)
             w = tl.where(inside, tl.exp2(a * 1.4426950408889634 - lse), 0.0)
             v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=inside[:, None] & vmask[None, :], other=0.0).to(tl.float32)
-            gv = _row_sum(g * v)  # 0 outside the grid
+            gv = tl.sum(g * v, 1)  # 0 outside the grid
             wgk += (w * gv)[:, None] * k_hat
             wk += w[:, None] * k_hat
             w_loc = tl.where(lidx[None, :] == l, w[:, None], w_loc)
@@ -356,19 +333,19 @@ def _bwd_query_kernel(
                 t = tl.full([BLOCK_M], 0.0, tl.float32)
                 if HAS_LT:
                     lt = tl.load(LT + (h * D + od) * L + l, mask=dmask, other=0.0).to(tl.float32)
-                    t += _row_sum(q_hat * lt[None, :])
+                    t += tl.sum(q_hat * lt[None, :], 1)
                     dq_hat += gv[:, None] * lt[None, :]
                     # d learnable_tokens[h, :, l] = sum_n q^_n (dO . v_l)
-                    tl.store(part + D + 1 + 2 * L + od * L + l, _col_sum(q_hat * gv[:, None]), mask=dmask)
+                    tl.store(part + D + 1 + 2 * L + od * L + l, tl.sum(q_hat * gv[:, None], 0), mask=dmask)
                 if HAS_LBIAS:
                     t += tl.load(LBIAS + h * L + l).to(tl.float32)
                 tgv += t * gv
         delta -= tgv
         ds = wgk - delta[:, None] * wk
         da_loc = w_loc * (gv_loc - delta[:, None])
-        dc_c = _row_sum(da_loc * s_k)
-        tl.store(part + D + 1 + lidx, _col_sum(da_loc), mask=lidx < L)  # local_bias
-        tl.store(part + D + 1 + L + lidx, _col_sum(gv_loc), mask=lidx < L)  # learnable_bias
+        dc_c = tl.sum(da_loc * s_k, 1)
+        tl.store(part + D + 1 + lidx, tl.sum(da_loc, 0), mask=lidx < L)  # local_bias
+        tl.store(part + D + 1 + L + lidx, tl.sum(gv_loc, 0), mask=lidx < L)  # learnable_bias
     else:
         dc_c = tl.full([BLOCK_M], 0.0, tl.float32)
     tl.store(DELTA + row, delta, mask=q_ok)
@@ -388,7 +365,7 @@ def _bwd_query_kernel(
         wp = tl.where(valid, tl.exp2(ap * 1.4426950408889634 - lse[:, None]), 0.0)
         dwp = tl.dot(do, tl.trans(vp), input_precision=DOT_PRECISION)
         dap = wp * (dwp - delta[:, None])
-        dc_c += _row_sum(dap * sp)
+        dc_c += tl.sum(dap * sp, 1)
         ds += tl.dot(dap.to(kp_dot.dtype), kp_dot, input_precision=DOT_PRECISION)
         dkp = tl.dot(tl.trans(dap.to(s_dot.dtype)), s_dot, input_precision=DOT_PRECISION)  # d k_pool^ [P, D]
         tl.atomic_add(DKP + prow[:, None] * D + od[None, :], dkp, mask=p_ok[:, None] & dmask[None, :])
@@ -401,13 +378,13 @@ def _bwd_query_kernel(
     # d T = sum_n d c log(L_n + P) sigmoid(T) = sigmoid(T) / softplus(T) sum_n sum_j dS_j (s . k^_j).
     # The last form (dc_c, from float32 dS and logits) avoids ds, whose float16-rounded dS terms
     # cancel in the temperature's gradient (10x its error on bias-free float16 inputs).
-    tl.store(part + od, _col_sum(ds * c[:, None]), mask=dmask)
+    tl.store(part + od, tl.sum(ds * c[:, None], 0), mask=dmask)
     temp = tl.load(TEMP + h).to(tl.float32)
     sigmoid = 1.0 / (1.0 + tl.exp(-temp))
-    tl.store(part + D, tl.reduce(dc_c, 0, tl.standard._sum_combine) * sigmoid / _softplus(temp))
+    tl.store(part + D, tl.sum(dc_c, 0) * sigmoid / _softplus(temp))
     dq_hat += ds * c[:, None]
     # through q^ = q / max(||q||, eps)
-    radial = tl.where(qn > 1e-12, _row_sum(q_hat * dq_hat), 0.0)
+    radial = tl.where(qn > 1e-12, tl.sum(q_hat * dq_hat, 1), 0.0)
     dq = (dq_hat - q_hat * radial[:, None]) / tl.maximum(qn, 1e-12)[:, None]
     tl.store(DQ + row[:, None] * D + od[None, :], dq.to(DQ.dtype.element_ty), mask=q_ok[:, None] & dmask[None, :])
 
@@ -439,7 +416,7 @@ def _bwd_key_kernel(
     dmask = od < D
     vmask = ov < DV
     k = tl.load(K + krow[:, None] * D + od[None, :], mask=k_ok[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-    kn = tl.sqrt(_row_sum(k * k))
+    kn = tl.sqrt(tl.sum(k * k, 1))
     k_hat = k / tl.maximum(kn, 1e-12)[:, None]
     v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=k_ok[:, None] & vmask[None, :], other=0.0).to(tl.float32)
     dk_hat = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
@@ -452,23 +429,23 @@ def _bwd_key_kernel(
         seen = k_ok & (yq >= 0) & (yq < HH) & (xq >= 0) & (xq < WW)
         qrow = (b.to(tl.int64) * N + yq * WW + xq) * NH + h
         q_hat, qn, c, qe, s = _query_state(Q, QE, TEMP, qrow, seen, yq, xq, h, HH, WW, P, od, D, R, True)
-        a = _row_sum(s * k_hat)
+        a = tl.sum(s * k_hat, 1)
         if HAS_LB:
             a += tl.load(LB + h * L + l).to(tl.float32)
         lse = tl.load(LSE + qrow, mask=seen, other=0.0)
         w = tl.where(seen, tl.exp2(a * 1.4426950408889634 - lse), 0.0)
         g = tl.load(DO + qrow[:, None] * DV + ov[None, :], mask=seen[:, None] & vmask[None, :], other=0.0).to(tl.float32)
         delta = tl.load(DELTA + qrow, mask=seen, other=0.0)
-        da = w * (_row_sum(g * v) - delta)
+        da = w * (tl.sum(g * v, 1) - delta)
         dk_hat += da[:, None] * s
         t = w
         if HAS_LT:
             lt = tl.load(LT + (h * D + od) * L + l, mask=dmask, other=0.0).to(tl.float32)
-            t += tl.where(seen, _row_sum(q_hat * lt[None, :]), 0.0)
+            t += tl.where(seen, tl.sum(q_hat * lt[None, :], 1), 0.0)
         if HAS_LBIAS:
             t += tl.where(seen, tl.load(LBIAS + h * L + l).to(tl.float32), 0.0)
         dv += t[:, None] * g
-    radial = tl.where(kn > 1e-12, _row_sum(k_hat * dk_hat), 0.0)
+    radial = tl.where(kn > 1e-12, tl.sum(k_hat * dk_hat, 1), 0.0)
     dk = (dk_hat - k_hat * radial[:, None]) / tl.maximum(kn, 1e-12)[:, None]
     tl.store(DK + krow[:, None] * D + od[None, :], dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & dmask[None, :])
     tl.store(DV_OUT + krow[:, None] * DV + ov[None, :], dv.to(DV_OUT.dtype.element_ty), mask=k_ok[:, None] & vmask[None, :])
@@ -616,17 +593,3 @@ def step_launches(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embeddin
     out, lse = aggregated_forward(*tensors, params.window_size)
     if backward:
         aggregated_backward(out, *tensors, out, lse, params.window_size, pool_bias is not None)
-
-
-def aggregated_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                      learnable_tokens, learnable_bias, params: AggregatedParams, fallback: bool = False) -> torch.Tensor:
-    """aggregated_attention on the fused Triton kernels; inputs already validated and accepted by
-    ``can_run_triton``. Returns ``[B, H, W, heads, v_dim]`` in q's dtype. ``fallback``: kernels
-    that cannot run on this device give the reference's result and a warning (``_triton/fallback.py``).
-
-    Runs as the custom op ``torch.ops.attnzoo.aggregated_fwd`` (backward ``attnzoo.aggregated_bwd``),
-    so ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
-    from ._library import aggregated_fused
-
-    return aggregated_fused(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
-                            learnable_tokens, learnable_bias, params, fallback)

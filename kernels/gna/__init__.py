@@ -67,4 +67,10 @@ def _triton_kernels():
     return triton
 
 
-gna_op.register_triton(_triton_kernels, "gna_triton")
+def _triton_entry():
+    from ._library import gna_triton
+
+    return gna_triton
+
+
+gna_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_gna")

@@ -3,15 +3,15 @@ output and the base-2 logsumexp the backward needs) and ``attnzoo::gna_bwd``, wi
 (meta) implementations and the autograd formula that ties them together.
 
 ``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
-and ``torch.library.opcheck`` tests them (tests/kernels/test_gna_triton.py). The ops are defined
-here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of that module for
-Triton's interpreter) does not register them twice; they look the kernels up at call time.
-A kernel that cannot run on the device falls back to the reference when the dispatcher chose
-Triton by itself (``fallback``; ``_triton/fallback.py``).
+and ``torch.library.opcheck`` tests them (tests/kernels/test_gna_triton.py). The module imports the
+kernels (``triton.py``); nothing in the kernel layer imports it back: imports run one way,
+``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher reaches the entry function
+(``gna_triton``) through the op folder's ``__init__``. A kernel that cannot run on the device falls
+back to the reference when the dispatcher chose Triton by itself (``fallback``;
+``_triton/fallback.py``).
 """
 from __future__ import annotations
 
-import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -20,14 +20,9 @@ from torch import Tensor
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import GNAParams
 from .reference import _gna_reference
+from .triton import gna_backward, gna_forward
 
-__all__ = ["gna_fused"]
-
-
-def _kernels():
-    from . import triton  # noqa: F401  (the module object survives importlib.reload)
-
-    return sys.modules[__package__ + ".triton"]
+__all__ = ["gna_triton"]
 
 
 def _params(q: Tensor, kernel_size, stride, dilation, is_causal) -> GNAParams:
@@ -48,7 +43,7 @@ def gna_fwd(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size:
         return _gna_reference(q, k, v, params, rpb, scale), q.new_full(q.shape[:-1], float("nan"), dtype=torch.float32)
 
     return run_or_fall_back(_key(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale),
-                            lambda: _kernels().gna_forward(q, k, v, rpb, params, scale), reference, fallback)
+                            lambda: gna_forward(q, k, v, rpb, params, scale), reference, fallback)
 
 
 @gna_fwd.register_fake
@@ -63,7 +58,7 @@ def gna_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Ten
     params = _params(q, kernel_size, stride, dilation, is_causal)
 
     def fused():
-        return _kernels().gna_backward(grad_out, q, k, v, rpb, out, lse, params, scale, rpb_grad)
+        return gna_backward(grad_out, q, k, v, rpb, out, lse, params, scale, rpb_grad)
 
     def reference():
         return reference_grads(lambda q_, k_, v_, rpb_: _gna_reference(q_, k_, v_, params, rpb_, scale),
@@ -100,10 +95,15 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
 gna_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def gna_fused(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], params: GNAParams, scale: float,
-              fallback: bool = False) -> Tensor:
-    """gna through the custom op (inputs validated by ``check_gna_inputs``); ``fallback``: a
-    kernel that cannot run on this device makes the pattern use the reference (``_triton/fallback.py``)."""
+def gna_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GNAParams,
+               rpb: Optional[torch.Tensor], scale: float, fallback: bool = False) -> torch.Tensor:
+    """gna on the fused Triton kernels; inputs already validated (``check_gna_inputs``) and
+    accepted by ``can_run_triton``. Returns ``[B, *spatial, heads, v_dim]`` in the dtype of q.
+    ``fallback``: kernels that cannot run on this device give the reference's result and a warning
+    instead of an error (``backend=None``; ``_triton/fallback.py``).
+
+    Runs as the custom op ``torch.ops.attnzoo.gna_fwd`` (its backward ``attnzoo.gna_bwd``), so
+    ``torch.compile`` and ``torch.export`` see one node."""
     out, _ = gna_fwd(q, k, v, rpb, list(params.kernel_size), list(params.stride), list(params.dilation),
                      list(params.is_causal), float(scale), bool(fallback))
     return out

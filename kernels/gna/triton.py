@@ -36,10 +36,9 @@ Structure (flash-attention style, one rank-generic implementation):
   already is a power of two of at least 16 (4x4, 8x8 windows).
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
-imported) the kernels run on the CPU, on CPU tensors, with one fixed small tile per rank; tests
-use that. The kernels use no ``@jit`` function of Triton's library (``tl.sum``, ``tl.zeros``, ...:
-``tl.reduce`` / ``tl.full`` instead), so the interpreter runs them even when triton itself was
-imported before the variable was set (timm imports it). On CUDA the tiles, warps and stages are
+imported; Triton decides at decoration time, so the variable must be set before the process
+imports triton: the interpreter tests run in a process of their own) the kernels run on the CPU,
+on CPU tensors, with one fixed small tile per rank. On CUDA the tiles, warps and stages are
 autotuned per pattern (``_autotune.py``) for problems of at least 2**18 (batch * heads *
 positions); smaller ones, and every launch under ``ATTNZOO_GNA_AUTOTUNE=0``, take the first
 config that survives pruning. The dk/dv kernel runs with one stage (see ``_autotune.configs``).
@@ -55,21 +54,18 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.flash import softmax_epilogue, softmax_step
 from .._triton.launch import launch
 from . import _autotune
 from ._params import GNAParams
 
-__all__ = ["step_launches", "gna_triton", "can_run_triton", "INTERPRETER"]
+__all__ = ["step_launches", "can_run_triton", "INTERPRETER"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
 environment when this module was first imported (Triton decides at decoration time)."""
 # The reverse mix cannot run: triton imported under the interpreter (its library functions are
 # interpreted) but these kernels built for compilation.
-_BUILD_PROBLEM = None
-if not INTERPRETER and type(tl.sum).__name__ == "InterpretedFunction":
-    _BUILD_PROBLEM = ("triton was imported with TRITON_INTERPRET=1 but attnzoo.kernels.gna.triton without it; "
-                      "set it before both imports or before neither")
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
@@ -81,8 +77,6 @@ def _head_dim_ok(d: int) -> bool:
 
 def can_run_triton(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> Optional[str]:
     """None when ``gna_triton`` can run these (already validated) inputs, else the reason why not."""
-    if _BUILD_PROBLEM is not None:
-        return _BUILD_PROBLEM
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     if not _head_dim_ok(q.shape[-1]):
@@ -115,18 +109,6 @@ def _window(j, glen, K: tl.constexpr, S: tl.constexpr, CAUSAL: tl.constexpr):
     return start, end
 
 
-@triton.jit
-def _row_sum(x):
-    # tl.reduce with triton's own combine functions, which is what tl.sum / tl.max expand to:
-    # tl.sum and tl.max are @jit library functions that only run under the interpreter when
-    # triton was imported with TRITON_INTERPRET=1, whereas the interpreter recognises these
-    # combine functions (numpy fast path) whichever way triton was imported
-    return tl.reduce(x, 1, tl.standard._sum_combine)
-
-
-@triton.jit
-def _row_max(x):
-    return tl.reduce(x, 1, tl.standard._elementwise_max)
 
 
 @triton.jit
@@ -279,18 +261,11 @@ def _gna_fwd_kernel(
             s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
         if WINDOW_MASK or (U0 * U1 * U2 != BLOCK_N):
             s = tl.where(mask, s, float("-inf"))
-        m_new = tl.maximum(m_i, _row_max(s))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key in this block yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + _row_sum(p)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out, lse = softmax_epilogue(m_i, l_i, acc)
     tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
-    tl.store(LSE + q_row, m_i + tl.log2(l_safe), mask=q_ok)
+    tl.store(LSE + q_row, lse, mask=q_ok)
 
 
 # --- backward ------------------------------------------------------------------------------------
@@ -578,17 +553,3 @@ def step_launches(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale
     out, lse = gna_forward(q, k, v, rpb, params, scale)
     if backward:
         gna_backward(out, q, k, v, rpb, out, lse, params, scale, rpb is not None)
-
-
-def gna_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GNAParams,
-               rpb: Optional[torch.Tensor], scale: float, fallback: bool = False) -> torch.Tensor:
-    """gna on the fused Triton kernels; inputs already validated (``check_gna_inputs``) and
-    accepted by ``can_run_triton``. Returns ``[B, *spatial, heads, v_dim]`` in the dtype of q.
-    ``fallback``: kernels that cannot run on this device give the reference's result and a warning
-    instead of an error (``backend=None``; ``_triton/fallback.py``).
-
-    Runs as the custom op ``torch.ops.attnzoo.gna_fwd`` (its backward ``attnzoo.gna_bwd``), so
-    ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
-    from ._library import gna_fused
-
-    return gna_fused(q, k, v, rpb, params, scale, fallback)

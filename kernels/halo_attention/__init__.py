@@ -77,4 +77,10 @@ def _triton_kernels():
     return triton
 
 
-halo_attention_op.register_triton(_triton_kernels, "halo_triton")
+def _triton_entry():
+    from ._library import halo_triton
+
+    return halo_triton
+
+
+halo_attention_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_halo")

@@ -4,16 +4,16 @@ gradients of q, k, v and both relative tables), with fake (meta) implementations
 formula that ties them together.
 
 ``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
-and ``torch.library.opcheck`` tests them (tests/kernels/test_halo_attention_triton.py). The ops
-are defined here, not in ``triton.py``, so that rebuilding the kernels (``importlib.reload`` of
-that module for Triton's interpreter) does not register them twice; they look the kernels up at
-call time. A kernel that cannot run on the device falls back to the reference when the
-dispatcher chose Triton by itself (``fallback``; ``_triton/fallback.py``).
+and ``torch.library.opcheck`` tests them (tests/kernels/test_halo_attention_triton.py). The module
+imports the kernels (``triton.py``); nothing in the kernel layer imports it back: imports run one
+way, ``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher reaches the entry
+function (``halo_triton``) through the op folder's ``__init__``. A kernel that cannot run on the
+device falls back to the reference when the dispatcher chose Triton by itself (``fallback``;
+``_triton/fallback.py``).
 """
 from __future__ import annotations
 
-import sys
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,14 +21,9 @@ from torch import Tensor
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import HaloParams
 from .reference import _halo_reference
+from .triton import halo_backward, halo_forward
 
-__all__ = ["halo_fused"]
-
-
-def _kernels():
-    from . import triton  # noqa: F401  (the module object survives importlib.reload)
-
-    return sys.modules[__package__ + ".triton"]
+__all__ = ["halo_triton"]
 
 
 def _key(q, k, v, height_rel, width_rel, block_size, halo_size, query_stride, scale) -> tuple:
@@ -49,7 +44,7 @@ def halo_fwd(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Ten
         return out, q.new_full(q.shape[:4], float("nan"), dtype=torch.float32)
 
     return run_or_fall_back(_key(q, k, v, height_rel, width_rel, *sizes, scale),
-                            lambda: _kernels().halo_forward(q, k, v, height_rel, width_rel, *sizes, scale),
+                            lambda: halo_forward(q, k, v, height_rel, width_rel, *sizes, scale),
                             reference, fallback)
 
 
@@ -70,7 +65,7 @@ def halo_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, height_rel: Tens
                                grad_out, (True,) * 5)
 
     return run_or_fall_back(_key(q, k, v, height_rel, width_rel, *sizes, scale),
-                            lambda: _kernels().halo_backward(grad_out, q, k, v, height_rel, width_rel, out, lse, *sizes,
+                            lambda: halo_backward(grad_out, q, k, v, height_rel, width_rel, out, lse, *sizes,
                                                              scale),
                             reference, fallback)
 
@@ -98,10 +93,15 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
 halo_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def halo_fused(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, params: HaloParams,
-               scale: float, fallback: bool = False) -> Tensor:
-    """halo_attention through the custom op (inputs validated by ``check_halo_inputs``);
-    ``fallback``: see ``_triton/fallback.py``."""
+def halo_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
+                params: HaloParams, scale: float, fallback: bool = False) -> torch.Tensor:
+    """halo_attention on the fused Triton kernels; inputs already validated (``check_halo_inputs``)
+    and accepted by ``can_run_triton``. Returns ``[B, H/s, W/s, heads, v_dim]`` in the dtype of q.
+    ``fallback``: kernels that cannot run on this device give the reference's result and a warning
+    (``_triton/fallback.py``).
+
+    Runs as the custom op ``torch.ops.attnzoo.halo_fwd`` (its backward ``attnzoo.halo_bwd``), so
+    ``torch.compile`` and ``torch.export`` see one node."""
     out, _ = halo_fwd(q, k, v, height_rel, width_rel, params.block_size, params.halo_size, params.query_stride,
                       float(scale), bool(fallback))
     return out

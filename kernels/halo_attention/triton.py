@@ -53,10 +53,8 @@ Structure (flash-attention style):
   written once and read once by the fold.
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
-imported) the kernels run on the CPU, on CPU tensors, with one fixed block configuration; tests
-use that. As routed's kernels, these use no ``@jit`` function of Triton's library (``tl.reduce``
-/ ``tl.full`` instead of ``tl.sum`` / ``tl.zeros``), so the interpreter runs them even when triton
-itself was imported before the variable was set. On CUDA the block sizes, warps and stages are
+imported, which must come before the process imports triton) the kernels run on the CPU, on CPU
+tensors, with one fixed block configuration; tests use that. On CUDA the block sizes, warps and stages are
 autotuned (``_autotune.py``; ``ATTNZOO_HALO_AUTOTUNE=0``: the default config) for problems of at
 least 2**18 (batch * heads * queries); smaller ones take the default config.
 
@@ -76,21 +74,18 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .._triton.flash import softmax_epilogue, softmax_step
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import MAX_WINDOW, bwd_block_m, packing, window_lanes
 from ._params import HaloParams
 from .reference import relative_index
 
-__all__ = ["step_launches", "halo_triton", "halo_forward", "halo_backward", "relative_tables", "can_run_triton", "INTERPRETER"]
+__all__ = ["step_launches", "halo_forward", "halo_backward", "relative_tables", "can_run_triton", "INTERPRETER"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
 environment when this module was first imported (Triton decides at decoration time)."""
-_BUILD_PROBLEM = None
-if not INTERPRETER and type(tl.sum).__name__ == "InterpretedFunction":
-    _BUILD_PROBLEM = ("triton was imported with TRITON_INTERPRET=1 but attnzoo.kernels.halo_attention.triton "
-                      "without it; set it before both imports or before neither")
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
@@ -102,8 +97,6 @@ def _head_dim_ok(d: int) -> bool:
 
 def can_run_triton(q, k, v, height_rel, width_rel, params: HaloParams, scale: float) -> Optional[str]:
     """None when ``halo_triton`` can run these (already validated) inputs, else the reason why not."""
-    if _BUILD_PROBLEM is not None:
-        return _BUILD_PROBLEM
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     for name, t in (("height_rel", height_rel), ("width_rel", width_rel)):
@@ -128,18 +121,6 @@ def can_run_triton(q, k, v, height_rel, width_rel, params: HaloParams, scale: fl
 
 
 # --- device helpers ------------------------------------------------------------------------------
-
-@triton.jit
-def _max_last(x):
-    # tl.reduce with triton's combine functions: tl.max / tl.sum are @jit library functions that
-    # the interpreter only runs when triton was imported with TRITON_INTERPRET=1 (see gna)
-    return tl.reduce(x, 1, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _sum_axis(x, axis: tl.constexpr):
-    return tl.reduce(x, axis, tl.standard._sum_combine)
-
 
 @triton.jit
 def _own_lanes(pid, n_groups, QB, NH, BQ, NBX, HQ, WQ, b,
@@ -235,18 +216,11 @@ def _halo_fwd_kernel(
         else:
             mask = ok[None, :] & (g[:, None] >= 0)
         s = tl.where(mask, s, float("-inf"))
-        m_new = tl.maximum(m_i, _max_last(s))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # an invalid lane's row sees no key
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + _sum_axis(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out, lse = softmax_epilogue(m_i, l_i, acc)
     tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
-    tl.store(LSE + q_row, m_i + tl.log2(l_safe), mask=q_ok)
+    tl.store(LSE + q_row, lse, mask=q_ok)
 
 
 # --- backward ------------------------------------------------------------------------------------
@@ -303,8 +277,8 @@ def _halo_bwd_kernel(
         tl.store(DVP + part_row[:, None] * DV + ov[None, :], dv_part, mask=ok[:, None] & (ov[None, :] < DV))
         # relative logits: lanes are (row slot, column), slot = packed group * ROWS + row offset
         ds3 = tl.reshape(ds, [BLOCK_M, NSLOT, WINP])
-        drw += _sum_axis(ds3, 1)
-        drh = _sum_axis(ds3, 2)  # [BLOCK_M, NSLOT]; slots of other groups are zero (masked)
+        drw += tl.sum(ds3, 1)
+        drh = tl.sum(ds3, 2)  # [BLOCK_M, NSLOT]; slots of other groups are zero (masked)
         slot_jy = step * ROWS + slots % ROWS
         tl.store(DRH + q_row[:, None] * WIN + slot_jy[None, :], drh, mask=slot_own & (slot_jy[None, :] < WIN))
 
@@ -474,17 +448,3 @@ def step_launches(q, k, v, height_rel, width_rel, params: HaloParams, scale: flo
     out, lse = halo_forward(q, k, v, height_rel, width_rel, *sizes, scale)
     if backward:
         halo_backward(out, q, k, v, height_rel, width_rel, out, lse, *sizes, scale)
-
-
-def halo_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
-                params: HaloParams, scale: float, fallback: bool = False) -> torch.Tensor:
-    """halo_attention on the fused Triton kernels; inputs already validated (``check_halo_inputs``)
-    and accepted by ``can_run_triton``. Returns ``[B, H/s, W/s, heads, v_dim]`` in the dtype of q.
-    ``fallback``: kernels that cannot run on this device give the reference's result and a warning
-    (``_triton/fallback.py``).
-
-    Runs as the custom op ``torch.ops.attnzoo.halo_fwd`` (its backward ``attnzoo.halo_bwd``), so
-    ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
-    from ._library import halo_fused
-
-    return halo_fused(q, k, v, height_rel, width_rel, params, scale, fallback)

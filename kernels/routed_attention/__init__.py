@@ -100,4 +100,10 @@ def _triton_kernels():
     return triton
 
 
-routed_attention_op.register_triton(_triton_kernels, "routed_triton")
+def _triton_entry():
+    from ._library import routed_triton
+
+    return routed_triton
+
+
+routed_attention_op.register_triton(_triton_kernels, _triton_entry, bench="attnzoo.tools.bench_ops_routed")

@@ -5,30 +5,25 @@ fake (meta) implementations and the autograd formula that ties them together.
 ``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
 and ``torch.library.opcheck`` tests them (tests/kernels/test_routed_attention_triton.py). The
 routing index is an input (routing itself stays in PyTorch, traced around the op) and gets no
-gradient. The ops are defined here, not in ``triton.py``, so that rebuilding the kernels
-(``importlib.reload`` of that module for Triton's interpreter) does not register them twice; they
-look the kernels up at call time. A kernel that cannot run on the device falls back to the reference when the
-dispatcher chose Triton by itself (``fallback``; ``_triton/fallback.py``).
+gradient. The module imports the kernels (``triton.py``); nothing in the kernel layer imports it
+back: imports run one way, ``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher
+reaches the entry function (``routed_triton``) through the op folder's ``__init__``. A kernel that
+cannot run on the device falls back to the reference when the dispatcher chose Triton by itself
+(``fallback``; ``_triton/fallback.py``).
 """
 from __future__ import annotations
 
-import sys
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
 from ._params import RoutedParams
-from .reference import _routed_reference
+from .reference import _route, _routed_reference
+from .triton import routed_backward, routed_forward
 
-__all__ = ["routed_fused"]
-
-
-def _kernels():
-    from . import triton  # noqa: F401  (the module object survives importlib.reload)
-
-    return sys.modules[__package__ + ".triton"]
+__all__ = ["routed_triton"]
 
 
 def _params(q: Tensor, index: Tensor, num_regions: int) -> RoutedParams:
@@ -43,7 +38,7 @@ def routed_fwd(q: Tensor, k: Tensor, v: Tensor, index: Tensor, num_regions: int,
         return out, q.new_full(q.shape[:-1], float("nan"), dtype=torch.float32)
 
     return run_or_fall_back(pattern_key("routed_attention", (q, k, v, index), (num_regions, scale)),
-                            lambda: _kernels().routed_forward(q, k, v, index, num_regions, scale), reference, fallback)
+                            lambda: routed_forward(q, k, v, index, num_regions, scale), reference, fallback)
 
 
 @routed_fwd.register_fake
@@ -61,7 +56,7 @@ def routed_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, index: Tensor,
                                grad_out, (True, True, True))
 
     return run_or_fall_back(pattern_key("routed_attention", (q, k, v, index), (num_regions, scale)),
-                            lambda: _kernels().routed_backward(grad_out, q, k, v, index, out, lse, num_regions, scale),
+                            lambda: routed_backward(grad_out, q, k, v, index, out, lse, num_regions, scale),
                             reference, fallback)
 
 
@@ -86,9 +81,16 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Tensor):
 routed_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def routed_fused(q: Tensor, k: Tensor, v: Tensor, index: Tensor, params: RoutedParams, scale: float,
-                 fallback: bool = False) -> Tensor:
-    """routed_attention through the custom op (inputs validated by ``check_routed_inputs``, index
-    ``[B, S*S, topk]`` int64); ``fallback``: see ``_triton/fallback.py``."""
+def routed_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: RoutedParams, scale: float,
+                  index: Optional[torch.Tensor], fallback: bool = False) -> torch.Tensor:
+    """routed_attention on the fused Triton kernels; inputs already validated
+    (``check_routed_inputs``) and accepted by ``can_run_triton``. Routes in PyTorch when ``index``
+    is None. Returns ``[B, H, W, heads, v_dim]`` in the dtype of q. ``fallback``: kernels that
+    cannot run on this device give the reference's result and a warning (``_triton/fallback.py``).
+
+    Runs as the custom op ``torch.ops.attnzoo.routed_fwd`` (its backward ``attnzoo.routed_bwd``),
+    so ``torch.compile`` and ``torch.export`` see one node."""
+    if index is None:
+        index = _route(q, k, params)
     out, _ = routed_fwd(q, k, v, index, params.num_regions, float(scale), bool(fallback))
     return out

@@ -46,10 +46,8 @@ Structure (flash-attention style):
   attention).
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
-imported) the kernels run on the CPU, on CPU tensors, with 16-lane blocks; tests use that. As in
-gna's kernels no ``@jit`` function of Triton's library is used (``tl.reduce`` / ``tl.full``
-instead of ``tl.sum`` / ``tl.zeros``), so the interpreter runs them even when triton itself was
-imported before the variable was set. On CUDA the block sizes, warps and stages are autotuned
+imported, which must come before the process imports triton) the kernels run on the CPU, on CPU
+tensors, with 16-lane blocks; tests use that. On CUDA the block sizes, warps and stages are autotuned
 (``_autotune.py``, ``ATTNZOO_ROUTED_AUTOTUNE=0`` for one default config) for problems of at
 least 2**18 (batch * heads * tokens); smaller ones take the default config.
 """
@@ -63,20 +61,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.flash import softmax_epilogue, softmax_step
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import packing
 from ._params import RoutedParams
 
-__all__ = ["step_launches", "routed_triton", "routed_forward", "routed_backward", "reverse_index", "can_run_triton", "INTERPRETER"]
+__all__ = ["step_launches", "routed_forward", "routed_backward", "reverse_index", "can_run_triton", "INTERPRETER"]
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
 """Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
 environment when this module was first imported (Triton decides at decoration time)."""
-_BUILD_PROBLEM = None
-if not INTERPRETER and type(tl.sum).__name__ == "InterpretedFunction":
-    _BUILD_PROBLEM = ("triton was imported with TRITON_INTERPRET=1 but attnzoo.kernels.routed_attention.triton "
-                      "without it; set it before both imports or before neither")
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
@@ -88,8 +83,6 @@ def _head_dim_ok(d: int) -> bool:
 
 def can_run_triton(q, k, v, params: RoutedParams, scale: float, index: Optional[torch.Tensor]) -> Optional[str]:
     """None when ``routed_triton`` can run these (already validated) inputs, else the reason why not."""
-    if _BUILD_PROBLEM is not None:
-        return _BUILD_PROBLEM
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
     if not _head_dim_ok(q.shape[-1]):
@@ -106,23 +99,6 @@ def can_run_triton(q, k, v, params: RoutedParams, scale: float, index: Optional[
 
 
 # --- device helpers ------------------------------------------------------------------------------
-
-@triton.jit
-def _max_last(x):
-    # tl.reduce with triton's combine functions: tl.max / tl.sum are @jit library functions that
-    # the interpreter only runs when triton was imported with TRITON_INTERPRET=1 (see gna)
-    return tl.reduce(x, 1, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _sum_last(x):
-    return tl.reduce(x, 1, tl.standard._sum_combine)
-
-
-@triton.jit
-def _max_all(x):
-    return tl.reduce(x, 0, tl.standard._elementwise_max)
-
 
 @triton.jit
 def _rows(b, region, head, t, S, RH, RW, NH):
@@ -202,18 +178,11 @@ def _routed_fwd_kernel(
         else:
             mask = k_ok[None, :] & (g[:, None] >= 0)
         s = tl.where(mask, s, float("-inf"))
-        m_new = tl.maximum(m_i, _max_last(s))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key in this step yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + _sum_last(p)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out, lse = softmax_epilogue(m_i, l_i, acc)
     tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
-    tl.store(LSE + q_row, m_i + tl.log2(l_safe), mask=q_ok)
+    tl.store(LSE + q_row, lse, mask=q_ok)
 
 
 # --- backward ------------------------------------------------------------------------------------
@@ -295,7 +264,7 @@ def _routed_bwd_dkdv_kernel(
     dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     # the longest list of the program's key regions bounds its loop
     own_count = tl.load(REV_COUNT + b * R + gid // NH, mask=k_ok, other=0)
-    most = _max_all(own_count)
+    most = tl.max(own_count, 0)
 
     cg, cgid, cslot, ctok, c_ok = _inner_lanes(gb, n_groups, BLOCK_N, IT, G, RG)
     ckreg = cgid // NH
@@ -445,20 +414,3 @@ def step_launches(q, k, v, params: RoutedParams, scale: float, index: Optional[t
     out, lse = routed_forward(q, k, v, index, params.num_regions, scale)
     if backward:
         routed_backward(out, q, k, v, index, out, lse, params.num_regions, scale)
-
-
-def routed_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: RoutedParams, scale: float,
-                  index: Optional[torch.Tensor], fallback: bool = False) -> torch.Tensor:
-    """routed_attention on the fused Triton kernels; inputs already validated
-    (``check_routed_inputs``) and accepted by ``can_run_triton``. Routes in PyTorch when ``index``
-    is None. Returns ``[B, H, W, heads, v_dim]`` in the dtype of q. ``fallback``: kernels that
-    cannot run on this device give the reference's result and a warning (``_triton/fallback.py``).
-
-    Runs as the custom op ``torch.ops.attnzoo.routed_fwd`` (its backward ``attnzoo.routed_bwd``),
-    so ``torch.compile`` and ``torch.export`` see one node (``_library.py``)."""
-    from ._library import routed_fused
-    from .reference import _route
-
-    if index is None:
-        index = _route(q, k, params)
-    return routed_fused(q, k, v, index, params, scale, fallback)

@@ -1,55 +1,46 @@
-"""Shared by the Triton backend tests: import a kernel module so that it runs on this machine.
+"""Shared by the Triton backend tests (the ``interpreter``-marked test files).
 
 On a machine without CUDA the kernels run through Triton's interpreter, which Triton picks when
-the kernels are decorated, i.e. when the module is first imported: ``TRITON_INTERPRET=1`` is set
-while the module imports (and it is rebuilt with ``importlib.reload`` if an earlier import in this
-process built it for the GPU). The environment is restored afterwards, so the rest of the session
-keeps dispatching CPU calls to the reference; tests set the variable again around each call (the
-dispatchers read it), e.g. with the ``interpreter_env`` fixture pattern of test_gna_triton.py.
+the kernels are decorated. So those tests run in a process of their own, started with
+``TRITON_INTERPRET=1`` in its environment before triton, torch or attnzoo are imported
+(``make test``'s second pytest run; by hand: ``TRITON_INTERPRET=1 pytest tests/kernels``, see
+tests/conftest.py). No module is ever rebuilt: a process either interprets every kernel or none.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Optional
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
+INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
+"""This process was started for Triton's interpreter: kernels run on the CPU, on CPU tensors."""
+CUDA = torch.cuda.is_available() and not INTERPRETER
 DEVICE = "cuda" if CUDA else "cpu"
 
 
 def import_triton_backend(module_name: str):
-    """``module_name`` (e.g. ``attnzoo.kernels.gna.triton``) built for the interpreter on CUDA-less
-    machines; skips the calling test module when triton is not installed. The module must expose
-    ``INTERPRETER`` (True when its kernels were decorated under the interpreter)."""
+    """``module_name`` (e.g. ``attnzoo.kernels.gna.triton``); skips the calling test module when
+    triton is not installed. In an interpreter process its kernels must have been built for the
+    interpreter (``INTERPRETER``), which they are unless something imported them before the
+    variable was set."""
     pytest.importorskip("triton")
-    saved = os.environ.get("TRITON_INTERPRET")
-    if not CUDA:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = importlib.import_module(module_name)
-        if not CUDA and not module.INTERPRETER:
-            # same module object after reload, so the dispatcher's loader sees the rebuilt kernels
-            module = importlib.reload(module)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-    assert CUDA or module.INTERPRETER, f"{module_name}: the kernels must run under the interpreter without CUDA"
+    import importlib
+
+    module = importlib.import_module(module_name)
+    if INTERPRETER and not module.INTERPRETER:
+        raise RuntimeError(f"{module_name} was imported before TRITON_INTERPRET=1 was set in this process")
     return module
 
 
 def backend_env(monkeypatch: pytest.MonkeyPatch, autotune_variable: str) -> None:
-    """The environment of one Triton backend test: without CUDA, the interpreter (the dispatchers
-    then accept CPU tensors); on CUDA, autotuning off (``autotune_variable=0``: one default config
-    per shape, since tuning compiles every config of every new shape, minutes per test file; each
-    file's test_autotuned_launch_on_gpu covers the tuned path)."""
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
+    """The environment of one Triton backend test: on CUDA, autotuning off
+    (``autotune_variable=0``: one default config per shape, since tuning compiles every config of
+    every new shape, minutes per test file; each file's test_autotuned_launch_on_gpu covers the
+    tuned path). Under the interpreter the process environment already holds ``TRITON_INTERPRET=1``,
+    which is what makes the dispatchers accept CPU tensors."""
+    if CUDA:
         monkeypatch.setenv(autotune_variable, "0")
 
 

@@ -1,11 +1,11 @@
 """aggregated_attention's fused Triton backend (TransNeXt) against the reference, output and the
 gradient of every tensor input.
 
-On a machine without CUDA the kernels run through Triton's interpreter (tests/kernels/
-_triton_interp.py imports the module for it; ``TRITON_INTERPRET=1`` is set again around each test,
-where the dispatcher reads it). The interpreter runs every ``tl`` op as a numpy call, so the cases
-here are small maps; full transnext_micro stage sizes and bfloat16 (which the interpreter does not
-emulate faithfully) run on a GPU in the tests marked ``gpu``.
+On a machine without CUDA the kernels run through Triton's interpreter, in a process started with
+``TRITON_INTERPRET=1`` (the ``interpreter`` marker; tests/conftest.py). The interpreter runs every
+``tl`` op as a numpy call, so the cases here are small maps; full transnext_micro stage sizes and
+bfloat16 (which the interpreter does not emulate faithfully) run on a GPU in the tests marked
+``gpu``.
 
 Every comparison takes fresh seeded random inputs (the small learned tensors at trained-model
 scales, never zeros) and checks ``||got - want|| / ||want||`` of the output and of the gradients of
@@ -30,6 +30,8 @@ from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
 from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
+pytestmark = pytest.mark.interpreter
+from attnzoo.kernels.aggregated_attention._library import aggregated_triton  # noqa: E402
 from attnzoo.kernels.aggregated_attention import _autotune  # noqa: E402  (after triton imports)
 
 
@@ -329,7 +331,7 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
             i["temperature"], i.get("learnable_tokens"), i.get("learnable_bias"), params)
     chosen = aggregated_attention_op.select(None, *args)
     # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is triton_backend.aggregated_triton and chosen.keywords == {"fallback": True}
+    assert chosen.func is aggregated_triton and chosen.keywords == {"fallback": True}
 
 
 # --- tile configurations (no kernel runs) --------------------------------------------------------

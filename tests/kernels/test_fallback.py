@@ -16,6 +16,7 @@ import torch
 from ._triton_interp import DEVICE, backend_env, import_triton_backend
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
+pytestmark = pytest.mark.interpreter
 
 from attnzoo.kernels import gna, gna_reference  # noqa: E402
 from attnzoo.kernels._triton import fallback  # noqa: E402

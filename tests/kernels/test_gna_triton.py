@@ -1,10 +1,10 @@
 """gna's fused Triton backend against the reference (the specification), outputs and gradients.
 
-On a machine without CUDA the kernels run through Triton's interpreter (tests/kernels/
-_triton_interp.py imports the module for it; ``TRITON_INTERPRET=1`` is set again around each
-test, where the dispatcher reads it). The interpreter runs every ``tl`` op as a numpy call
-(~10 ms per inner step of a 32x32 tile), so the cases here are tiny; full sizes and bfloat16
-(which the interpreter does not emulate faithfully) run on a GPU in the tests marked ``gpu``.
+On a machine without CUDA the kernels run through Triton's interpreter, in a process started with
+``TRITON_INTERPRET=1`` (the ``interpreter`` marker; tests/conftest.py). The interpreter runs every
+``tl`` op as a numpy call (~10 ms per inner step of a 32x32 tile), so the cases here are tiny; full
+sizes and bfloat16 (which the interpreter does not emulate faithfully) run on a GPU in the tests
+marked ``gpu``.
 
 Every comparison takes fresh seeded random inputs and checks ``||got - want|| / ||want||`` of
 the output and of the q, k, v and rpb gradients, with ``want`` from the reference run on the same
@@ -27,6 +27,8 @@ from attnzoo.kernels.gna._params import check_gna_inputs
 from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
+pytestmark = pytest.mark.interpreter
+from attnzoo.kernels.gna._library import gna_triton  # noqa: E402
 from attnzoo.kernels.gna import _autotune  # noqa: E402  (after triton imports)
 
 
@@ -350,7 +352,7 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
     monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     chosen = gna_op.select(None, *_select_args())
     # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is triton_backend.gna_triton and chosen.keywords == {"fallback": True}
+    assert chosen.func is gna_triton and chosen.keywords == {"fallback": True}
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """halo_attention's fused Triton backend against the reference (the specification), outputs and
 the gradients of q, k, v, height_rel and width_rel.
 
-On a machine without CUDA the kernels run through Triton's interpreter (tests/kernels/
-_triton_interp.py imports the module for it; ``TRITON_INTERPRET=1`` is set again around each
-test, where the dispatcher reads it). The interpreter runs every ``tl`` op as a numpy call, so
-the cases here are small (a few blocks, one or two heads); halonet50ts's full stage sizes and
-bfloat16 run on a GPU in the tests marked ``gpu``.
+On a machine without CUDA the kernels run through Triton's interpreter, in a process started with
+``TRITON_INTERPRET=1`` (the ``interpreter`` marker; tests/conftest.py). The interpreter runs every
+``tl`` op as a numpy call, so the cases here are small (a few blocks, one or two heads);
+halonet50ts's full stage sizes and bfloat16 run on a GPU in the tests marked ``gpu``.
 
 Every comparison takes fresh seeded random inputs (relative tables at HaloNet's init scale,
 ``head_dim ** -0.5``) and checks ``||got - want|| / ||want||`` of the output and of every
@@ -28,6 +27,8 @@ from attnzoo.kernels.halo_attention._params import check_halo_inputs
 from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.halo_attention.triton")
+pytestmark = pytest.mark.interpreter
+from attnzoo.kernels.halo_attention._library import halo_triton  # noqa: E402
 from attnzoo.kernels.halo_attention import _autotune  # noqa: E402  (after triton imports)
 
 NAMES = ("out", "dq", "dk", "dv", "d_height_rel", "d_width_rel")
@@ -340,7 +341,7 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
     assert halo_attention_op.backends == ("reference", "triton")
     chosen = halo_attention_op.select(None, *_select_args())
     # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is triton_backend.halo_triton and chosen.keywords == {"fallback": True}
+    assert chosen.func is halo_triton and chosen.keywords == {"fallback": True}
 
 
 # --- extended: hypothesis sweep and bigger cases ---------------------------------------------------

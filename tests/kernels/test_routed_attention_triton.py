@@ -1,11 +1,11 @@
 """routed_attention's fused Triton backend against the reference (the specification), outputs and
 gradients.
 
-On a machine without CUDA the kernels run through Triton's interpreter (tests/kernels/
-_triton_interp.py imports the module for it; ``TRITON_INTERPRET=1`` is set again around each
-test, where the dispatcher reads it). The interpreter runs every ``tl`` op as a numpy call, so
-the cases here are small (regions of a few tokens to a few dozen, 16-lane blocks); full
-biformer_tiny stage sizes and bfloat16 run on a GPU in the tests marked ``gpu``.
+On a machine without CUDA the kernels run through Triton's interpreter, in a process started with
+``TRITON_INTERPRET=1`` (the ``interpreter`` marker; tests/conftest.py). The interpreter runs every
+``tl`` op as a numpy call, so the cases here are small (regions of a few tokens to a few dozen,
+16-lane blocks); full biformer_tiny stage sizes and bfloat16 run on a GPU in the tests marked
+``gpu``.
 
 Every comparison takes fresh seeded random inputs and checks ``||got - want|| / ||want||`` of the
 output and of the q, k, v gradients, ``want`` from the reference run on the same inputs upcast to
@@ -29,6 +29,8 @@ from attnzoo.kernels.routed_attention._params import check_routed_inputs
 from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.routed_attention.triton")
+pytestmark = pytest.mark.interpreter
+from attnzoo.kernels.routed_attention._library import routed_triton  # noqa: E402
 from attnzoo.kernels.routed_attention import _autotune  # noqa: E402  (after triton imports)
 
 
@@ -344,7 +346,7 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
     assert routed_attention_op.backends == ("reference", "triton")
     chosen = routed_attention_op.select(None, *_select_args())
     # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is triton_backend.routed_triton and chosen.keywords == {"fallback": True}
+    assert chosen.func is routed_triton and chosen.keywords == {"fallback": True}
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------
