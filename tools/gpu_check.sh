@@ -55,12 +55,12 @@ if [ "$SMALL" = 1 ]; then
     step "interpreter tests (fallback, gna)" 300 gpu-tests.txt env TRITON_INTERPRET=1 "$PY" -m pytest -q -p no:cacheprovider -p no:xdist tests/kernels/test_fallback.py
     step "selftest --small" 300 selftest.md "${AZ[@]}" selftest --small --models biformer_tiny --size 32x32
     step "bench-ops --small" 240 bench-ops.md "${AZ[@]}" bench-ops --small --ops gna
-    step "bench triton vs reference" 120 bench.md "${AZ[@]}" bench --models nat_mini --img-size 64 --budget 2 --backends reference
+    step "bench triton vs reference" 120 bench.md "${AZ[@]}" bench --models nat_mini --img-size 64 --budget 2 --backends reference --no-twins --out "$OUT/bench"
 else
     step "gpu tests" 150 gpu-tests.txt "$PY" -m pytest -q -p no:cacheprovider -p no:xdist -m gpu tests/kernels
     step "selftest" 100 selftest.md "${AZ[@]}" selftest
     step "bench-ops bf16" 120 bench-ops.md "${AZ[@]}" bench-ops --device cuda --dtype bfloat16
-    step "bench triton vs reference" 100 bench.md "${AZ[@]}" bench --device cuda --models ${SMALL_MODELS//,/ } --backends reference,triton --budget 3
+    step "bench triton vs reference" 100 bench.md "${AZ[@]}" bench --device cuda --models ${SMALL_MODELS//,/ } --backends reference,triton --budget 3 --no-twins --out "$OUT/bench"
 fi
 echo "tables in $OUT"
 cat "$OUT/summary.txt"
