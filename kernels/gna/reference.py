@@ -39,6 +39,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ._params import GNAParams, check_gna_inputs
 
@@ -186,8 +187,8 @@ class _Layout:
     dilation: Optional[Tuple[int, ...]]  # set when every axis is reshape_only: tile by view + permute
 
 
-def _build_layout(params: GNAParams, device: torch.device) -> _Layout:
-    shapes = _axis_shapes(params)
+def _build_layout(params: GNAParams, device: torch.device, shapes: Optional[Tuple[_AxisShape, ...]] = None) -> _Layout:
+    shapes = _axis_shapes(params) if shapes is None else shapes
     tensors = [_axis_tensors(a, device) for a in shapes]
     r = len(shapes)
     uniform = all(a.uniform for a in shapes)  # blocked, divisible: one bias for every tile
@@ -216,6 +217,45 @@ def _build_layout(params: GNAParams, device: torch.device) -> _Layout:
         rel=rel.expand(grid).reshape(n, tq, wk),
         dilation=params.dilation if all(a.reshape_only for a in shapes) else None,
     )
+
+
+def _symbolic_axis_shape(length, kernel: int, stride: int, dilation: int, causal: bool) -> _AxisShape:
+    """``_axis_shape`` for a symbolic ``length`` (``torch.export`` with a dynamic size): every
+    field that depends on the length is a SymInt expression or a bound that holds for every length,
+    so nothing specialises the exported graph to the example size.
+
+    The leaders of one tile's queries span at most ``T - s`` positions and a window start moves
+    no faster than its leader, so every tile's keys lie in ``W = T - s + k`` consecutive
+    positions; ``_axis_tensors`` masks what each query does not see (at sizes where the plan of
+    ``_axis_shape`` has a smaller halo, the extra keys are masked). A blocked pattern
+    (``stride == kernel``) on a length that is provably a multiple of ``dilation * kernel`` and
+    at least two tiles long (the mixers pad to that: ``layers._padding.padded_blocks``) is a
+    reshape, as in the static plan."""
+    d = dilation
+    tile = stride * -(-kernel // stride)
+    n_tiles = (length + d * tile - 1) // (d * tile)  # ceil(ceil(L / d) / T)
+    blocked = (stride == kernel and statically_known_true(length % (d * tile) == 0)
+               and statically_known_true(n_tiles >= 2))
+    if not blocked:
+        # At least two tiles (a second one of repeated queries and masked keys at sizes that
+        # need one): a tile count provably >= 2 spares the exported graph torch's shape
+        # decisions "is this axis of size 1?", each of which would be a guard on the example.
+        n_tiles = torch.sym_max(n_tiles, 2)
+    halo = tile if blocked else tile - stride + kernel
+    # pairs is only read by FLOP counting (attended_pairs), which runs eagerly on static sizes
+    return _AxisShape(length, kernel, stride, dilation, causal, tile, n_tiles, halo, 0, blocked, blocked, blocked, d * n_tiles)
+
+
+def _symbolic_layout(params: GNAParams, device: torch.device) -> _Layout:
+    """The layout of a pattern whose spatial sizes are symbolic, built from tensor arithmetic on
+    those sizes: under ``torch.export`` it becomes part of the graph (a few ``arange`` and index
+    ops on the sizes), so the exported program computes the plan of whatever size it is given.
+    Static sizes keep the cached constant plan of ``_layout``."""
+    shapes = tuple(
+        _axis_shape(*args) if all(isinstance(x, (int, bool)) for x in args) else _symbolic_axis_shape(*args)
+        for args in zip(params.spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
+    )
+    return _build_layout(params, device, shapes)
 
 
 @functools.lru_cache(maxsize=128)
@@ -295,7 +335,8 @@ def gna_reference(
 
 
 def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    lay = _layout(params, q.device)
+    symbolic = any(isinstance(n, torch.SymInt) for n in params.spatial)
+    lay = _symbolic_layout(params, q.device) if symbolic else _layout(params, q.device)
     r = params.rank
     compute = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; float64 stays float64
     if lay.dilation is not None:
@@ -322,7 +363,8 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
         vt = vt.masked_fill(v_bad, 0.0)
         in_window = lay.mask.to(compute).unsqueeze(1)  # [N or 1, 1, Tq, Wk]
         poisoned = (in_window @ (k_bad | v_bad).to(compute)) > 0
-    if bias is None or bias.shape[0] == 1:
+    # one bias for every tile (a tile count that is symbolic is never taken to be 1)
+    if bias is None or (isinstance(bias.shape[0], int) and bias.shape[0] == 1):
         # 4-D inputs: torch's fused CPU / GPU SDPA kernels take those (5-D falls back to the math path)
         b, n = qt.shape[:2]
         out = F.scaled_dot_product_attention(qt.flatten(0, 1), kt.flatten(0, 1), vt.flatten(0, 1), attn_mask=bias, scale=scale)
