@@ -81,12 +81,18 @@ def _is_symbolic(params: RoutedParams) -> bool:
     return any(isinstance(n, torch.SymInt) for n in params.spatial)
 
 
+def _mod(t: torch.Tensor, n) -> torch.Tensor:
+    """``t % n`` for non-negative ``t`` and a size ``n`` that may be symbolic, written with a floor
+    division: ONNX's exporter (onnxscript 0.7) fails on a remainder by a symbolic scalar."""
+    return t - (t // n) * n
+
+
 def _region_tokens(params: RoutedParams, region: torch.Tensor, token: torch.Tensor):
     """Row and column of token ``token`` (row-major in its region) of region ``region``
     (row-major id): broadcastable integer tensors."""
     s = params.num_regions
     rh, rw = params.region_size
-    return (region // s) * rh + token // rw, (region % s) * rw + token % rw
+    return (region // s) * rh + token // rw, (region % s) * rw + _mod(token, rw)
 
 
 def _route_symbolic(q: torch.Tensor, k: torch.Tensor, params: RoutedParams) -> torch.Tensor:
@@ -143,12 +149,16 @@ def _routed_reference_symbolic(
     batch = torch.arange(b, device=dev)[:, None, None]
     ks = k[batch, k_rows, k_cols].permute(0, 3, 1, 2, 4)  # [B, heads, S*S, rh*rw*topk, d]
     vs = v[batch, k_rows, k_cols].permute(0, 3, 1, 2, 4)
-    out = F.scaled_dot_product_attention(qr, ks, vs, scale=scale)  # [B, heads, S*S, rh*rw + 1, dv]
+    # softmax attention written out: 5-D, which ONNX's scaled_dot_product_attention does not take;
+    # float32 accumulation as the fused kernels of the static path
+    compute = _routing_dtype(q)
+    attn = ((qr.to(compute) @ ks.to(compute).transpose(-1, -2)) * scale).softmax(dim=-1)
+    out = (attn @ vs.to(compute)).to(q.dtype)  # [B, heads, S*S, rh*rw + 1, dv]
     h, w = params.spatial
     y = torch.arange(h, device=dev)[:, None]
     x = torch.arange(w, device=dev)[None, :]
     region = (y // rh) * s + x // rw  # [H, W]
-    token = (y % rh) * rw + x % rw
+    token = _mod(y, rh) * rw + _mod(x, rw)
     return out[:, :, region, token].permute(0, 2, 3, 1, 4)  # [B, H, W, heads, dv]
 
 
