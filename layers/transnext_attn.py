@@ -26,6 +26,7 @@ from torch import nn
 from timm.models import register_notrace_module
 
 from attnzoo.kernels._checks import check_int
+from attnzoo.kernels._trace_cache import size_key, trace_cached
 from attnzoo.kernels.aggregated_attention import aggregated_attention, length_scaled_attention
 
 __all__ = ["AggregatedAttention2d", "LengthScaledAttention2d", "ContinuousPositionBias", "relative_position_table"]
@@ -168,7 +169,8 @@ class ContinuousPositionBias(nn.Module):
     def forward(self, query_size: Size, key_size: Size, pretrain_size: Size) -> torch.Tensor:
         """``[heads, Nq, Nk]`` bias in the dtype of the MLP's weights."""
         if _is_symbolic(*query_size, *key_size):
-            index, table = symbolic_position_table(query_size, key_size, pretrain_size, self.fc1.weight.device)
+            key = ("transnext-cpb", *map(size_key, (*query_size, *key_size, *pretrain_size)), self.fc1.weight.device)
+            index, table = trace_cached(key, lambda: symbolic_position_table(query_size, key_size, pretrain_size, self.fc1.weight.device))
             bias = self.fc2(self.act(self.fc1(table.to(self.fc1.weight.dtype))))  # [U, heads]
             return bias.t()[:, index]  # the index is [Nq, Nk] already: no view of a symbolic size
         index, table = relative_position_table(query_size, key_size, pretrain_size, self.fc1.weight.device)
@@ -194,8 +196,10 @@ def _adaptive_pool_symbolic(x: torch.Tensor, pooled: Size) -> torch.Tensor:
     adaptive pooling to a size) pools any input to the grid computed from its size. Equal to
     adaptive pooling up to the summation order."""
     _, _, h, w = x.shape
-    rows = _pooling_matrix(h, pooled[0], x.dtype, x.device)
-    cols = _pooling_matrix(w, pooled[1], x.dtype, x.device)
+    rows, cols = trace_cached(
+        ("transnext-pool", *map(size_key, (h, w, *pooled)), x.dtype, x.device),
+        lambda: (_pooling_matrix(h, pooled[0], x.dtype, x.device), _pooling_matrix(w, pooled[1], x.dtype, x.device)),
+    )
     return torch.einsum("iy,bcyx,jx->bcij", rows, x, cols)
 
 
@@ -321,7 +325,8 @@ class AggregatedAttention2d(_CosineAttentionBase):
         heads, d = self.num_heads, self.head_dim
         pooled = self.pooled_size(h, w)
         if _is_symbolic(h, w):
-            pooled = tuple(_computed_size(n) for n in pooled)
+            # one computed size per stage (the blocks share it, and with it the tables below)
+            pooled = tuple(trace_cached(("transnext-pooled", size_key(n)), lambda n=n: _computed_size(n)) for n in pooled)
         q = self.q(x).view(b, h, w, heads, d)
         k, v = self.kv(x).view(b, h, w, 2, heads, d).unbind(3)
 

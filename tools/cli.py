@@ -25,6 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "validate": ("attnzoo.train.validate", "top-1 / top-5, loss and images/s of saved weights on an image folder"),
     "convert": ("attnzoo.tools.convert", "an upstream checkpoint -> a timm-format Hub repo folder (config.json, model.safetensors, model card), checked by loading it back"),
     "push": ("attnzoo.tools.push", "publish a converted folder to the Hugging Face Hub (huggingface_hub create_repo + upload_folder)"),
+    "bench-deploy": ("attnzoo.tools.bench_deploy", "deployed speed on the CPU: eager vs torch.compile (+freezing), an AOTInductor package and onnxruntime"),
     "export": ("attnzoo.tools.export", "ONNX / torch.export / AOTInductor file of a model, dynamic in batch and size, verified against eager"),
 }
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["add_arguments", "run", "export_model", "ExportReport", "ExportError", "BOUNDS", "verification_points"]
+__all__ = ["add_arguments", "run", "export_model", "build_model", "trace", "write_verified", "ExportReport", "ExportError",
+           "BOUNDS", "verification_points"]
 
 FORMATS = ("onnx", "pt2", "aoti")
 DYNAMIC = ("none", "batch", "batch,hw")
@@ -160,12 +161,14 @@ def _parse_sizes(text: str) -> List[Tuple[int, int]]:
 def verification_points(example: Tuple[int, int, int], dynamic: str,
                         sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Tuple[int, int, int]]:
     """(batch, height, width) points the written file is checked at: the example; another batch
-    (a dynamic batch); sizes no window or stride divides (a dynamic size), each at yet another
-    batch (1, then 3), so the size checks also run a third batch."""
+    and batch 1 (a dynamic batch); sizes no window or stride divides (a dynamic size), at batch 1
+    and at a third batch."""
     b, h, w = example
     points = [example]
     if dynamic in ("batch", "batch,hw"):
         points.append((b + 1, h, w))
+    if dynamic == "batch":
+        points.append((1, h, w))
     if dynamic == "batch,hw":
         for i, (sh, sw) in enumerate(ODD_SIZES if sizes is None else sizes):
             points.append((1 if i % 2 == 0 else b + 1, sh, sw))
@@ -241,24 +244,43 @@ def _rel_err(got, want) -> float:
 
 
 def _timed(fn: Callable[[], object], runs: int = 3) -> Tuple[object, float]:
-    """(output of the first call, median ms of ``runs`` calls after it)."""
+    """(output of the first call, median ms of ``runs`` calls after it; with ``runs=0`` the
+    first call's ms, which includes any one-time set-up)."""
+    t0 = time.perf_counter()
     out = fn()
+    first = (time.perf_counter() - t0) * 1e3
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return out, sorted(times)[len(times) // 2]
+    return out, sorted(times)[len(times) // 2] if times else first
 
 
-def _dynamic_shapes(dynamic: str):
+def min_size(model) -> int:
+    """The smallest height / width a dynamic-size export takes: one more than the model's total
+    stride, so that every stage's map is at least 2 x 2.
+
+    A map that may be 1 x 1 makes torch decide, in op after op (contiguity, reshapes, norms),
+    whether an axis is 1: each decision is a guard on the example's size, so the program would
+    fail at sizes on the other side. With this minimum as the dimension's lower bound torch can
+    prove every stage >= 2 and the program is valid for every size it accepts (smaller inputs are
+    refused with torch's range error). Below it only eager runs."""
+    inner = getattr(model, "inner", model)
+    reductions = [info["reduction"] for info in getattr(inner, "feature_info", [])]
+    if not reductions and hasattr(inner, "feature_info") and hasattr(inner.feature_info, "reduction"):
+        reductions = list(inner.feature_info.reduction())
+    return max(reductions, default=1) + 1
+
+
+def _dynamic_shapes(dynamic: str, min_hw: int = 2):
     from torch.export import Dim
 
     if dynamic == "none":
         return None
     dims = {0: Dim.DYNAMIC}
     if dynamic == "batch,hw":
-        dims.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
+        dims.update({2: Dim.DYNAMIC(min=min_hw), 3: Dim.DYNAMIC(min=min_hw)})
     return {"x": dims}
 
 
@@ -283,6 +305,8 @@ def _ranges(program, dynamic: str) -> Dict[str, str]:
             out[label] = f"= {int(size)} (specialised)"
             continue
         lo, hi = int(vr.lower), vr.upper
+        if axis == 0 and lo == 2:
+            lo = 1  # torch reasons with batch >= 2 (its 0/1 specialisation); the programs run batch 1 (a checked point)
         out[label] = f"[{lo}, inf)" if hi == int_oo else f"[{lo}, {int(hi)}]"
     return out
 
@@ -359,6 +383,92 @@ def _loader(fmt: str, path: Path, device: str):
     return call
 
 
+def build_model(name: str, *, dtype: str = "float32", pretrained: bool = False, checkpoint: Optional[str] = None,
+                features: bool = False, out_indices: Optional[Sequence[int]] = None, device: str = "cpu"):
+    """``(model, (H, W))``: ``name`` on the reference backend in eval mode, in ``dtype`` on
+    ``device``, returning a tuple of NCHW maps with ``features`` (else the logits); and its
+    published input size."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if out_indices is not None and not features:
+        raise ValueError("--out-indices needs --features")
+    model, size = _build(name, pretrained=pretrained, checkpoint=checkpoint, features=features,
+                         out_indices=out_indices, dtype=getattr(torch, dtype), device=device)
+    return _wrap_outputs(model), size
+
+
+def trace(model, example, dynamic: str = "batch,hw", name: str = "the model"):
+    """``torch.export.export`` of ``model`` at ``example`` with the ``dynamic`` dimensions;
+    raises ``ExportError`` (torch's reason) when it fails or specialised a dynamic dimension."""
+    import torch
+
+    if dynamic not in DYNAMIC:
+        raise ValueError(f"dynamic must be one of {DYNAMIC}, got {dynamic!r}")
+    lowest = min_size(model)
+    if dynamic == "batch,hw" and min(example.shape[-2:]) < lowest:
+        raise ValueError(f"a dynamic-size export of {name} takes height and width >= {lowest} (every stage at least 2 x 2); "
+                         f"the example is {tuple(example.shape[-2:])}")
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(dynamic, lowest))
+    except Exception as exc:  # torch's reason (a specialised Dim.DYNAMIC, an untraceable op) is the message
+        raise ExportError(f"torch.export of {name} failed with dynamic {dynamic}: {type(exc).__name__}: {exc}") from exc
+    _check_specialised(program, dynamic, example)
+    return program
+
+
+def write_verified(
+    fmt: str, program, model, path: Path, points: Sequence[Tuple[int, int, int]], *, dtype: str = "float32",
+    opset: int = MIN_OPSET, device: str = "cpu", seed: int = 0, timing_runs: int = 3,
+    log: Callable[[str], None] = lambda text: None,
+) -> Tuple[List[str], List[PointResult], float]:
+    """Writes ``program`` as ``fmt`` in a temporary sibling of ``path``, checks it against
+    ``model`` at ``points`` (batch, height, width) in its own runtime, and renames it to ``path``
+    only when every point is within ``BOUNDS``. Returns the files written, the point results and
+    the seconds the write took (ONNX conversion, AOTInductor compilation); raises ``ExportError``
+    naming the failing point (nothing is then left at ``path``)."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    bound = BOUNDS[(fmt, dtype)]
+    gen = torch.Generator().manual_seed(seed)
+    results: List[PointResult] = []
+    example = torch.randn(points[0][0], 3, points[0][1], points[0][2], generator=gen).to(device=device, dtype=torch_dtype)
+    with _temporary_sibling(path) as tmp_dir:
+        tmp_path = tmp_dir / path.name
+        t0 = time.perf_counter()
+        try:
+            _write(fmt, program, model, example, tmp_path, opset=opset, device=device, log=log)
+        except Exception as exc:
+            raise ExportError(f"writing {fmt} failed: {type(exc).__name__}: {exc}") from exc
+        write_s = time.perf_counter() - t0
+        try:
+            runner = _loader(fmt, tmp_path, device)
+        except Exception as exc:
+            raise ExportError(f"loading the written {fmt} failed: {type(exc).__name__}: {exc}") from exc
+        for b, hh, ww in points:
+            xi = torch.randn(b, 3, hh, ww, generator=gen).to(device=device, dtype=torch_dtype)
+            with torch.no_grad():
+                want, eager_ms = _timed(lambda: model(xi), timing_runs)
+            try:
+                got, exported_ms = _timed(lambda: runner(xi), timing_runs)
+                err = _rel_err(got, want)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ExportError(f"the exported {fmt} failed at {b}x3x{hh}x{ww}: {type(exc).__name__}: {first}") from exc
+            result = PointResult(b, hh, ww, err, bound, eager_ms, exported_ms)
+            results.append(result)
+            log(f"  {result.name}: rel. error {err:.2e} (bound {bound:.0e}), eager {eager_ms:.1f} ms, exported {exported_ms:.1f} ms")
+            if not result.ok:
+                raise ExportError(f"the exported {fmt} differs from eager at {result.name}: relative error {err:.3e} > {bound:.0e}")
+        written = sorted(tmp_dir.iterdir())
+        for f in written:
+            os.replace(f, path.parent / f.name)
+    return [str(path.parent / f.name) for f in written], results, write_s
+
+
 def export_model(
     name: str,
     fmt: str,
@@ -388,12 +498,8 @@ def export_model(
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if dynamic not in DYNAMIC:
         raise ValueError(f"dynamic must be one of {DYNAMIC}, got {dynamic!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if fmt == "onnx" and opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET} (the dynamo ONNX exporter's minimum), got {opset}")
-    if out_indices is not None and not features:
-        raise ValueError("--out-indices needs --features")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     path = Path(out)
@@ -408,64 +514,25 @@ def export_model(
         log("warning: an example batch of 1 makes torch.export specialise the batch; exporting with batch 2 "
             "(the program takes batch 1 too)")
         batch = 2
+    points = verification_points((batch, 0, 0), dynamic, check_sizes)  # argument check before the slow part
 
     import torch
 
-    torch_dtype = getattr(torch, dtype)
-    model, published = _build(name, pretrained=pretrained, checkpoint=checkpoint, features=features,
-                              out_indices=out_indices, dtype=torch_dtype, device=device)
-    model = _wrap_outputs(model)
+    model, published = build_model(name, dtype=dtype, pretrained=pretrained, checkpoint=checkpoint, features=features,
+                                   out_indices=out_indices, device=device)
     h, w = tuple(img_size) if img_size is not None else published
+    points = verification_points((batch, h, w), dynamic, check_sizes)
     report = ExportReport(name, fmt, str(path), dynamic, dtype, (batch, h, w))
-    gen = torch.Generator().manual_seed(seed)
-
-    def example_input(b: int, hh: int, ww: int) -> torch.Tensor:
-        return torch.randn(b, 3, hh, ww, generator=gen).to(device=device, dtype=torch_dtype)
-
-    x = example_input(batch, h, w)
+    x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=getattr(torch, dtype))
     t0 = time.perf_counter()
     log(f"exporting {name} ({fmt}, dynamic {dynamic}, {dtype}) at an example of {tuple(x.shape)} ...")
-    try:
-        with torch.no_grad():
-            program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(dynamic))
-    except Exception as exc:  # torch's reason (a specialised Dim.DYNAMIC, an untraceable op) is the message
-        raise ExportError(f"torch.export of {name} failed with dynamic {dynamic}: {type(exc).__name__}: {exc}") from exc
-    _check_specialised(program, dynamic, x)
+    program = trace(model, x, dynamic, name)
     report.ranges = _ranges(program, dynamic)
-    points = verification_points((batch, h, w), dynamic, check_sizes)
-    bound = BOUNDS[(fmt, dtype)]
-
-    with _temporary_sibling(path) as tmp_dir:
-        tmp_path = tmp_dir / path.name
-        try:
-            _write(fmt, program, model, x, tmp_path, opset=opset, device=device, log=log)
-        except Exception as exc:
-            raise ExportError(f"writing {fmt} for {name} failed: {type(exc).__name__}: {exc}") from exc
-        report.export_s = time.perf_counter() - t0
-        report.peak_rss_mb = _peak_rss_mb()
-        log(f"wrote {fmt} in {report.export_s:.1f} s; checking it at {', '.join(f'{b}x3x{hh}x{ww}' for b, hh, ww in points)}")
-        try:
-            runner = _loader(fmt, tmp_path, device)
-        except Exception as exc:
-            raise ExportError(f"loading the written {fmt} failed: {type(exc).__name__}: {exc}") from exc
-        for b, hh, ww in points:
-            xi = example_input(b, hh, ww)
-            with torch.no_grad():
-                want, eager_ms = _timed(lambda: model(xi))
-            try:
-                got, exported_ms = _timed(lambda: runner(xi))
-                err = _rel_err(got, want)
-            except Exception as exc:
-                raise ExportError(f"the exported {fmt} failed at {b}x3x{hh}x{ww}: {type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-            result = PointResult(b, hh, ww, err, bound, eager_ms, exported_ms)
-            report.points.append(result)
-            log(f"  {result.name}: rel. error {err:.2e} (bound {bound:.0e}), eager {eager_ms:.1f} ms, exported {exported_ms:.1f} ms")
-            if not result.ok:
-                raise ExportError(f"the exported {fmt} differs from eager at {result.name}: relative error {err:.3e} > {bound:.0e}")
-        written = sorted(tmp_dir.iterdir())
-        for f in written:
-            os.replace(f, path.parent / f.name)
-        report.files = [str(path.parent / f.name) for f in written]
+    trace_s = time.perf_counter() - t0
+    log(f"traced in {trace_s:.1f} s; accepts {', '.join(f'{k} {v}' for k, v in report.ranges.items()) or 'the example shape only'}")
+    report.files, report.points, write_s = write_verified(fmt, program, model, path, points, dtype=dtype, opset=opset,
+                                                          device=device, seed=seed + 1, log=log)
+    report.export_s = trace_s + write_s
+    report.peak_rss_mb = _peak_rss_mb()
     report.file_mb = sum(os.path.getsize(f) for f in report.files) / 2**20
     return report
