@@ -36,8 +36,8 @@ def _per_axis(name: str, value: Any, rank: int, minimum: int) -> Tuple[int, ...]
     for x in values:
         if isinstance(x, bool) or not isinstance(x, (int, torch.SymInt)) or x < minimum:
             raise ValueError(f"{name} entries must be ints >= {minimum}, got {value!r}")
-    # a size derived from a dynamic input size (MaxViT's grid dilation H / G) is specialised, as
-    # the spatial sizes are (check_gna_inputs)
+    # a size derived from a dynamic input size (MaxViT's grid dilation H / G on its CUDA full-map
+    # path) is specialised; under torch.export MaxViT partitions first and passes dilation 1
     return tuple(operator.index(x) for x in values)
 
 

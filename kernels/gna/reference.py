@@ -28,6 +28,12 @@ gathered halo with a mask, in one batched ``scaled_dot_product_attention``. Memo
 ``O(N * W^r)``, never ``O(N^2)``; for blocked patterns ``W == T == k`` and nothing is wasted.
 Computation runs in float32 for float16 / bfloat16 / float32 inputs (float64 stays float64); the
 result is cast back to the dtype of q.
+
+Plans: for int sizes (eager, torch.compile) the tiling is decided in Python and cached as
+constant index tensors. Under ``torch.export`` with a dynamic size the spatial sizes are
+symbolic and the plan is computed in the graph from them (``_symbolic_layout``): a halo bound
+``W = T - s + k`` for every size, masked, and at least two tiles, so the exported program takes
+any size without a guard on the example's.
 """
 from __future__ import annotations
 

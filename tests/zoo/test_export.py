@@ -12,11 +12,12 @@ the other families, .pt2 files and AOTInductor packages for all, and float16.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from torch.export import Dim
 
+from attnzoo.kernels import gna
 from attnzoo.tools import cli
 from attnzoo.tools import export as ex
 from tests.zoo.test_models import SMALLEST
@@ -120,6 +121,38 @@ def test_float16_export(name, fmt, tmp_path):
     x = torch.randn(2, 3, 96, 96, dtype=torch.float16)
     program = ex.trace(model, x, "batch,hw", name)
     ex.write_verified(fmt, program, model, tmp_path / f"{name}.{fmt}", POINTS, dtype="float16", timing_runs=0)
+
+
+class _GNA(torch.nn.Module):
+    def __init__(self, rank, kernel, stride, dilation, causal, heads=2):
+        super().__init__()
+        self.pattern = (kernel, stride, dilation, causal)
+        self.rpb = torch.nn.Parameter(torch.randn(heads, *[2 * kernel - 1] * rank))
+
+    def forward(self, q, k, v):
+        return gna(q, k, v, *self.pattern, rpb=self.rpb, backend="reference")
+
+
+@pytest.mark.parametrize("rank,kernel,stride,dilation,causal,sizes", [
+    (2, 5, 2, 2, (True, False), [(13, 17), (10, 30), (25, 11)]),  # strided, dilated, causal on one axis
+    (1, 3, 3, 3, True, [(9,), (20,), (31,)]),  # blocked and causal
+    (3, 3, 1, 1, False, [(5, 6, 7), (9, 3, 4), (4, 8, 3)]),
+])
+def test_gna_patterns_no_model_uses_export_size_dynamic(rank, kernel, stride, dilation, causal, sizes):
+    """gna's in-graph plan (halo bound, masks, at least two tiles) for patterns the families do
+    not exercise: exported at one size, equal to the op at others (the smallest: kernel x dilation)."""
+    torch.manual_seed(0)
+    module = _GNA(rank, kernel, stride, dilation, causal)
+    dims = {0: Dim.DYNAMIC, **{1 + a: Dim.DYNAMIC(min=kernel * dilation) for a in range(rank)}}
+
+    def inputs(size, batch):
+        return tuple(torch.randn(batch, *size, 2, 8) for _ in range(3))
+
+    program = torch.export.export(module, inputs(sizes[0], 2), dynamic_shapes={n: dims for n in ("q", "k", "v")})
+    for size in sizes[1:] + [tuple(kernel * dilation for _ in range(rank))]:
+        args = inputs(size, 3)
+        with torch.no_grad():
+            assert _rel(program.module()(*args), module(*args)) <= 1e-5, size
 
 
 def test_command_exports_dynamic_features_from_a_batch_1_example_and_refuses_to_overwrite(tmp_path, capsys):
