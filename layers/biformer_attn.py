@@ -21,7 +21,7 @@ from attnzoo.kernels._checks import check_int
 from attnzoo.kernels.dense import dense_attention
 from attnzoo.kernels.routed_attention import routed_attention
 
-from ._padding import crop_spatial, pad_spatial_end
+from ._padding import crop_spatial, pad_spatial_end, round_up
 
 __all__ = ["BiLevelRoutingAttention2d", "AttentionLePE2d"]
 
@@ -116,7 +116,8 @@ class BiLevelRoutingAttention2d(nn.Module):
             )
         spatial = x.shape[1:3]
         s = self.num_regions
-        x = pad_spatial_end(x, [-n % s for n in spatial])
+        # round_up, not -n % s: a symbolic size (torch.export) stays provably a multiple of s
+        x = pad_spatial_end(x, [round_up(n, s) - n for n in spatial])
         b, h, w, _ = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)

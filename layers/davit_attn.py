@@ -12,7 +12,7 @@ from timm.models import register_notrace_module
 from attnzoo.kernels import gna
 from attnzoo.kernels.channel_attention import channel_attention
 
-from ._padding import crop_spatial, pad_spatial_end
+from ._padding import crop_spatial, pad_spatial_end, padded_blocks
 
 __all__ = ["WindowAttention", "WindowAttention2d", "ChannelAttention", "ConvPosEnc"]
 
@@ -86,7 +86,7 @@ class WindowAttention(nn.Module):
                 f"channels-last input, got shape {tuple(x.shape)}"
             )
         spatial = x.shape[1:-1]
-        x = pad_spatial_end(x, [-s % w for s, w in zip(spatial, self.window_size)])
+        x = pad_spatial_end(x, [padded_blocks(s, w) - s for s, w in zip(spatial, self.window_size)])
         b, padded = x.shape[0], x.shape[1:-1]
         q, k, v = self.qkv(x).view(b, *padded, 3, self.num_heads, self.head_dim).unbind(-3)
         out = gna(q, k, v, self.window_size, stride=self.window_size, scale=self.scale, backend=self.backend)

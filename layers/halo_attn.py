@@ -8,10 +8,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from timm.models import register_notrace_module
 from timm.layers import make_divisible, trunc_normal_
 
 from attnzoo.kernels.halo_attention import halo_attention
+
+from ._padding import ceil_div, crop_spatial, padded_blocks
 
 __all__ = ["HaloAttention2d", "RelLogitEmbed"]
 
@@ -125,10 +128,12 @@ class HaloAttention2d(nn.Module):
             )
         b, h, w, _ = x.shape
         bs, s = self.block_size, self.query_stride
-        hp, wp = math.ceil(h / bs) * bs, math.ceil(w / bs) * bs
+        # integer arithmetic on the sizes (symbolic under torch.export: padded_blocks gives an
+        # exported graph at least two blocks, one of zeros that is cropped, as the halo's zeros)
+        hp, wp = padded_blocks(h, bs), padded_blocks(w, bs)
         q = self._project(self.q, x[:, ::s, ::s] if s > 1 else x)
         kv = self._project(self.kv, x)
-        if (hp, wp) != (h, w):
+        if not (statically_known_true(hp == h) and statically_known_true(wp == w)):
             # pad after the projections: padded keys and values are zeros, as in the halo
             q = F.pad(q, (0, 0, 0, wp // s - q.shape[2], 0, hp // s - q.shape[1]))
             kv = F.pad(kv, (0, 0, 0, wp - w, 0, hp - h))
@@ -141,7 +146,7 @@ class HaloAttention2d(nn.Module):
         out = out.flatten(-2)  # [B, hp / s, wp / s, dim_out]
         if self.avg_down:
             out = F.avg_pool2d(out.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-        return out[:, : math.ceil(h / self.stride), : math.ceil(w / self.stride)]
+        return crop_spatial(out, (ceil_div(h, self.stride), ceil_div(w, self.stride)))
 
     def extra_repr(self) -> str:
         return (

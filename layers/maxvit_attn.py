@@ -48,7 +48,7 @@ from timm.layers import Mlp
 
 from attnzoo.kernels import gna
 
-from ._padding import crop_spatial, pad_spatial_end
+from ._padding import crop_spatial, pad_spatial_end, padded_blocks, round_up
 
 __all__ = [
     "PartitionAttention2d", "BlockAttention2d", "GridAttention2d", "RelPosBiasTable", "RelPosBiasMlp",
@@ -175,6 +175,47 @@ def _unpartition(x: torch.Tensor, b: int, hp: int, wp: int, grid: bool) -> torch
     return x.reshape(b, hp, wp, c)
 
 
+def _partition_index(size, part: int, grid: bool):
+    """For a symbolic padded axis of ``size`` positions (``torch.export``): ``[n', part]``
+    positions of the members of each partition, and for each position its partition and member
+    (``[size]`` each), from ``arange``. Blocks: ``n' = size / part`` (``padded_blocks`` makes it
+    >= 2); grid groups: ``n' = size / part + 1``, the last a repeat of the one before (never read
+    back), so that the partition count is provably >= 2 even where one grid group covers the map."""
+    n = size // part
+    device = None
+    if grid:
+        groups = torch.arange(n + 1, device=device).clamp_max(n - 1)[:, None]
+        members = torch.arange(part, device=device)[None, :] * n + groups
+        y = torch.arange(size, device=device)
+        return members, y - (y // n) * n, y // n  # y % n, written for ONNX (no remainder by a symbolic scalar)
+    members = torch.arange(n, device=device)[:, None] * part + torch.arange(part, device=device)[None, :]
+    y = torch.arange(size, device=device)
+    return members, y // part, y - (y // part) * part
+
+
+def _partition_symbolic(x: torch.Tensor, ph: int, pw: int, grid: bool):
+    """``_partition`` for symbolic sizes: ``[B, H, W, C]`` -> ``[B * n * m, ph, pw, C]`` by a
+    gather whose index is built from the sizes (a reshape that splits H into ``(ph, H / ph)``
+    makes torch decide whether ``H / ph`` is 1: a guard on the example size), and what
+    ``_unpartition_symbolic`` needs to put the partitions back."""
+    b, hp, wp, c = x.shape
+    rows, row_part, row_member = _partition_index(hp, ph, grid)
+    cols, col_part, col_member = _partition_index(wp, pw, grid)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    parts = x[:, rows[:, None, :, None], cols[None, :, None, :]]  # [B, n, m, ph, pw, C]
+    n, m = parts.shape[1], parts.shape[2]
+    back = (n, m, row_part.to(x.device), row_member.to(x.device), col_part.to(x.device), col_member.to(x.device))
+    return parts.reshape(b * n * m, ph, pw, c), back
+
+
+def _unpartition_symbolic(x: torch.Tensor, b, back) -> torch.Tensor:
+    """Inverse of ``_partition_symbolic``: ``[B * n * m, ph, pw, C]`` -> ``[B, H, W, C]``."""
+    n, m, row_part, row_member, col_part, col_member = back
+    _, ph, pw, c = x.shape
+    x = x.reshape(b, n, m, ph, pw, c)
+    return x[:, row_part[:, None], col_part[None, :], row_member[:, None], col_member[None, :]]
+
+
 @register_notrace_module  # shape checks and padding depend on the input size: an FX leaf
 class PartitionAttention2d(nn.Module):
     """Multi-head attention inside the partitions of ``[B, H, W, C]`` (channels-last).
@@ -248,9 +289,18 @@ class PartitionAttention2d(nn.Module):
             )
         b, h, w, _ = x.shape
         ph, pw = self.partition_size
+        grid = self.partition == "grid"
+        if isinstance(h, torch.SymInt) or isinstance(w, torch.SymInt):
+            # torch.export with a dynamic size: blocks pad to >= 2 (an extra block of padding
+            # attends only to itself); a grid's groups depend on the padded size, so it pads
+            # exactly as eager and the partition adds a spare group instead (_partition_index)
+            hp, wp = (round_up(h, ph), round_up(w, pw)) if grid else (padded_blocks(h, ph), padded_blocks(w, pw))
+            x = pad_spatial_end(x, (hp - h, wp - w))
+            xs, back = _partition_symbolic(x, ph, pw, grid)
+            out = _unpartition_symbolic(self.proj(self._attend(xs, (1, 1))), b, back)
+            return self.proj_drop(crop_spatial(out, (h, w)))
         hp, wp = math.ceil(h / ph) * ph, math.ceil(w / pw) * pw
         x = pad_spatial_end(x, (hp - h, wp - w))
-        grid = self.partition == "grid"
         if x.device.type not in ("cuda", "meta") or self.backend == "reference":
             # The reference gna tiles q, k and v (three channel-sized copies); partitioning x once
             # before the projection, as timm does, copies a third of that and gives gna one

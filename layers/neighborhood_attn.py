@@ -95,7 +95,8 @@ class NeighborhoodAttention(nn.Module):
             )
         spatial = x.shape[1:-1]
         need = [k * d for k, d in zip(self.kernel_size, self.dilation)]
-        x = pad_spatial_end(x, [max(0, n - s) for n, s in zip(need, spatial)])
+        # sym_max: for a symbolic size (torch.export) the graph pads by max(0, need - size) itself
+        x = pad_spatial_end(x, [torch.sym_max(s, n) - s for n, s in zip(need, spatial)])
         b, padded = x.shape[0], x.shape[1:-1]
         q, k, v = self.qkv(x).view(b, *padded, 3, self.num_heads, self.head_dim).unbind(-3)
         out = gna(

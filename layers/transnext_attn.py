@@ -26,6 +26,7 @@ from torch import nn
 from timm.models import register_notrace_module
 
 from attnzoo.kernels._checks import check_int
+from attnzoo.kernels._trace_cache import size_key, trace_cached
 from attnzoo.kernels.aggregated_attention import aggregated_attention, length_scaled_attention
 
 __all__ = ["AggregatedAttention2d", "LengthScaledAttention2d", "ContinuousPositionBias", "relative_position_table"]
@@ -102,6 +103,57 @@ def relative_position_table(query_size: Size, key_size: Size, pretrain_size: Siz
     return index.reshape(-1), table
 
 
+def _computed_size(n):
+    """A symbolic size ``n`` (``torch.export``) turned into a size the exported graph computes
+    from a tensor (an unbacked size): torch then assumes nothing about its value.
+
+    The pooled grid ``max(1, H // sr)`` is 1 at small inputs and larger at others. Kept as an
+    expression of the input size, every op on the pooled tokens (norm, linears, einsums) would
+    make torch decide whether it is 1 (contiguity, matmul folding), each decision a guard on the
+    example size; as a computed size the program is the same for every value (>= 1)."""
+    u = torch.scalar_tensor(n, dtype=torch.int64).item()
+    torch._check(u >= 1)
+    return u
+
+
+def _is_symbolic(*sizes) -> bool:
+    return any(isinstance(n, torch.SymInt) for n in sizes)
+
+
+def _doubled_offsets(size, pooled, device) -> torch.Tensor:
+    """``[size, pooled]`` long: ``2 (y - c_i)`` of query ``y`` and adaptive-pooling bin ``i`` (the
+    doubled offsets of ``_axis_offsets``, before deduplication), by tensor arithmetic on sizes
+    that may be symbolic."""
+    i = torch.arange(pooled, device=device)
+    centres2 = (i * size) // pooled + ((i + 1) * size + pooled - 1) // pooled - 1
+    return 2 * torch.arange(size, device=device)[:, None] - centres2[None, :]
+
+
+def symbolic_position_table(query_size: Size, key_size: Size, pretrain_size: Size, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``relative_position_table`` for symbolic sizes (``torch.export`` with a dynamic height
+    and width), computed in the graph from the sizes.
+
+    The distinct offsets of a size cannot become a tensor size without a guard, so ``table``
+    holds every doubled offset that any size could give on an axis, ``-(2q - 2) .. 2q - 2``
+    (``4q - 3`` per axis: about four times the rows of the deduplicated table; the position bias
+    of a given offset pair is the same, up to the MLP's summation order). ``index`` is
+    ``[Nq, Nk]`` (made by broadcasting over ``arange(Nq)`` and ``arange(Nk)``, not by a reshape)."""
+    (qh, qw), (kh, kw) = query_size, key_size
+    axes = []
+    for q, pretrain in ((qh, pretrain_size[0]), (qw, pretrain_size[1])):
+        values = torch.arange(4 * q - 3, device=device) - (2 * q - 2)
+        # upstream's float32 arithmetic in upstream's order: (q - k) / (pretrain - 1) * 8
+        axes.append(values.to(torch.float32) / 2 / (pretrain - 1) * 8)
+    table = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1).flatten(0, 1)
+    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    n = torch.arange(qh * qw, device=device)[:, None]  # query n = (y, x), row-major
+    p = torch.arange(kh * kw, device=device)[None, :]  # pooled key p = (i, j), row-major
+    off_y = _doubled_offsets(qh, kh, device)[n // qw, p // kw] + (2 * qh - 2)
+    # n - (n // qw) * qw, not n % qw: ONNX's exporter (onnxscript 0.7) fails on a remainder by a symbolic scalar
+    off_x = _doubled_offsets(qw, kw, device)[n - (n // qw) * qw, p - (p // kw) * kw] + (2 * qw - 2)
+    return off_y * (4 * qw - 3) + off_x, table
+
+
 class ContinuousPositionBias(nn.Module):
     """Continuous position bias: an MLP ``2 -> hidden -> heads`` (ReLU) over log-spaced relative
     coordinates, evaluated once per distinct offset and gathered to ``[heads, Nq, Nk]``."""
@@ -116,10 +168,39 @@ class ContinuousPositionBias(nn.Module):
 
     def forward(self, query_size: Size, key_size: Size, pretrain_size: Size) -> torch.Tensor:
         """``[heads, Nq, Nk]`` bias in the dtype of the MLP's weights."""
+        if _is_symbolic(*query_size, *key_size):
+            key = ("transnext-cpb", *map(size_key, (*query_size, *key_size, *pretrain_size)), self.fc1.weight.device)
+            index, table = trace_cached(key, lambda: symbolic_position_table(query_size, key_size, pretrain_size, self.fc1.weight.device))
+            bias = self.fc2(self.act(self.fc1(table.to(self.fc1.weight.dtype))))  # [U, heads]
+            return bias.t()[:, index]  # the index is [Nq, Nk] already: no view of a symbolic size
         index, table = relative_position_table(query_size, key_size, pretrain_size, self.fc1.weight.device)
         bias = self.fc2(self.act(self.fc1(table.to(self.fc1.weight.dtype))))  # [U, heads]
         n_q, n_k = query_size[0] * query_size[1], key_size[0] * key_size[1]
         return bias.t()[:, index].view(self.num_heads, n_q, n_k)
+
+
+def _pooling_matrix(size, pooled, dtype, device) -> torch.Tensor:
+    """``[pooled, size]``: row ``i`` averages adaptive-pooling bin ``i``,
+    ``[floor(i size / pooled), ceil((i + 1) size / pooled))``."""
+    i = torch.arange(pooled, device=device)[:, None]
+    y = torch.arange(size, device=device)[None, :]
+    start = (i * size) // pooled
+    end = ((i + 1) * size + pooled - 1) // pooled
+    inside = ((y >= start) & (y < end)).to(dtype)
+    return inside / (end - start).to(dtype)
+
+
+def _adaptive_pool_symbolic(x: torch.Tensor, pooled: Size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, pooled)`` for symbolic sizes (``torch.export``): two
+    averaging matrices built from ``arange``, so an exported graph (and ONNX, which has no
+    adaptive pooling to a size) pools any input to the grid computed from its size. Equal to
+    adaptive pooling up to the summation order."""
+    _, _, h, w = x.shape
+    rows, cols = trace_cached(
+        ("transnext-pool", *map(size_key, (h, w, *pooled)), x.dtype, x.device),
+        lambda: (_pooling_matrix(h, pooled[0], x.dtype, x.device), _pooling_matrix(w, pooled[1], x.dtype, x.device)),
+    )
+    return torch.einsum("iy,bcyx,jx->bcij", rows, x, cols)
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -164,7 +245,7 @@ class _CosineAttentionBase(nn.Module):
         # without a pretraining grid the coordinates are normalised by the current one (upstream's default)
         if self.pretrain_size is not None:
             return self.pretrain_size
-        return (max(size[0], 2), max(size[1], 2))
+        return (torch.sym_max(size[0], 2), torch.sym_max(size[1], 2))  # sym_max: no guard on a symbolic size
 
     def _small_params(self):
         return dict(query_embedding=self.query_embedding.view(self.num_heads, self.head_dim),
@@ -236,17 +317,21 @@ class AggregatedAttention2d(_CosineAttentionBase):
 
     def pooled_size(self, height: int, width: int) -> Size:
         """Grid of pooled tokens for an ``H x W`` input: ``(max(1, H // sr), max(1, W // sr))``."""
-        return max(1, height // self.sr_ratio), max(1, width // self.sr_ratio)
+        return torch.sym_max(height // self.sr_ratio, 1), torch.sym_max(width // self.sr_ratio, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         b, h, w, c = x.shape
         heads, d = self.num_heads, self.head_dim
         pooled = self.pooled_size(h, w)
+        if _is_symbolic(h, w):
+            # one computed size per stage (the blocks share it, and with it the tables below)
+            pooled = tuple(trace_cached(("transnext-pooled", size_key(n)), lambda n=n: _computed_size(n)) for n in pooled)
         q = self.q(x).view(b, h, w, heads, d)
         k, v = self.kv(x).view(b, h, w, 2, heads, d).unbind(3)
 
-        x_pool = F.adaptive_avg_pool2d(self.act(self.sr(x.permute(0, 3, 1, 2))), pooled)
+        x_pool = self.act(self.sr(x.permute(0, 3, 1, 2)))
+        x_pool = _adaptive_pool_symbolic(x_pool, pooled) if _is_symbolic(h, w) else F.adaptive_avg_pool2d(x_pool, pooled)
         x_pool = self.norm(x_pool.flatten(2).transpose(1, 2))  # [B, P, C]
         k_pool, v_pool = self.kv(x_pool).view(b, x_pool.shape[1], 2, heads, d).unbind(2)
 

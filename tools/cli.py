@@ -58,6 +58,10 @@ COMMANDS: Dict[str, Command] = {
                        "without a GPU: registers, spills, shared memory, occupancy (exit 1 on a problem)"),
     "selftest": Command("attnzoo.tools.selftest", "check the fused Triton kernels against the reference on this GPU "
                         "(--small: under Triton's interpreter on the CPU)"),
+    "export": Command("attnzoo.tools.export", "an ONNX / torch.export / AOTInductor file of a model, dynamic in batch "
+                      "and size, verified against eager before it is written"),
+    "bench-deploy": Command("attnzoo.tools.bench_deploy", "deployed speed on the CPU: eager vs torch.compile "
+                            "(+freezing), an AOTInductor package and onnxruntime"),
     "install-mmcv": Command("attnzoo.tools.install_mmcv", "build (once, cached) and install mmcv 2.1.0 with ops for "
                             "MMDetection / MMSegmentation"),
 }

@@ -25,9 +25,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_notrace_function
 
+from attnzoo.layers._padding import round_up
 from attnzoo.layers.davit_attn import ChannelAttention, ConvPosEnc, WindowAttention2d
 
 from ._checkpoint import unwrap_state_dict
@@ -42,8 +44,9 @@ __all__ = ["DaViT", "DaViTConfig", "checkpoint_filter_fn"]
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads NCHW ``x`` at the bottom/right to a multiple of ``multiple`` (no-op when it is)."""
     h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+    # round_up, not -h % multiple: a symbolic size (torch.export) stays provably a multiple
+    pad_h, pad_w = round_up(h, multiple) - h, round_up(w, multiple) - w
+    return x if statically_known_true(pad_h == 0) and statically_known_true(pad_w == 0) else F.pad(x, (0, pad_w, 0, pad_h))
 
 
 class Stem(nn.Module):

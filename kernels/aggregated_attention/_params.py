@@ -68,7 +68,7 @@ def check_aggregated_inputs(
     if not q.is_floating_point():
         raise ValueError(f"q must be a floating point tensor, got dtype {q.dtype}")
     b, h, w, heads, head_dim = q.shape
-    if min(h, w, heads, head_dim) < 1:
+    if any(n < 1 for n in (h, w, heads, head_dim)):  # not min(): it orders symbolic sizes (a guard)
         raise ValueError(f"q must have every dim but the batch >= 1, got shape {tuple(q.shape)}")
 
     if k_pool.dim() != 4 or tuple(k_pool.shape[:1]) != (b,) or tuple(k_pool.shape[2:]) != (heads, head_dim) or k_pool.shape[1] < 1:

@@ -29,6 +29,6 @@ def check_channel_attention_inputs(
         if t.shape != q.shape:
             raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
     check_like("q", q, k=k, v=v)
-    if min(q.shape[1:]) < 1:
+    if any(n < 1 for n in q.shape[1:]):  # not min(): it orders symbolic sizes (a guard)
         raise ValueError(f"every axis of q but the batch must be >= 1, got shape {tuple(q.shape)}")
     return softmax_scale(scale, q.shape[-1])

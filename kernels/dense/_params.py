@@ -38,7 +38,7 @@ def check_dense_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
             f"in all but the last axis, got {tuple(v.shape)}"
         )
     check_like("q", q, k=k, v=v)
-    if min(q.shape[1:]) < 1 or min(k.shape[1:]) < 1 or v.shape[-1] < 1:
+    if any(n < 1 for n in (*q.shape[1:], *k.shape[1:], v.shape[-1])):  # not min(): it orders symbolic sizes
         raise ValueError(
             f"spatial sizes, heads and head dims must be >= 1 (batch >= 0), got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"

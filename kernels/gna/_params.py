@@ -16,7 +16,7 @@ __all__ = ["GNAParams", "check_gna_inputs"]
 class GNAParams:
     """Per-axis attention pattern of one gna call; every tuple has one entry per spatial axis."""
 
-    spatial: Tuple[int, ...]
+    spatial: Tuple[int, ...]  # ints; symbolic sizes (torch.SymInt) under torch.export
     kernel_size: Tuple[int, ...]
     stride: Tuple[int, ...]
     dilation: Tuple[int, ...]
@@ -36,9 +36,21 @@ def _per_axis(name: str, value: Any, rank: int, minimum: int) -> Tuple[int, ...]
     for x in values:
         if isinstance(x, bool) or not isinstance(x, (int, torch.SymInt)) or x < minimum:
             raise ValueError(f"{name} entries must be ints >= {minimum}, got {value!r}")
-    # a size derived from a dynamic input size (MaxViT's grid dilation H / G) is specialised, as
-    # the spatial sizes are (check_gna_inputs)
+    # a size derived from a dynamic input size (MaxViT's grid dilation H / G on its CUDA full-map
+    # path) is specialised; under torch.export MaxViT partitions first and passes dilation 1
     return tuple(operator.index(x) for x in values)
+
+
+def _spatial_size(n) -> Any:
+    """A spatial size of q: an int, or under ``torch.export`` a symbolic size kept symbolic (the
+    reference then computes its index plan in the graph, ``reference._symbolic_layout``).
+
+    Under ``torch.compile`` a size marked dynamic is specialised here (``operator.index``): the
+    index plan of a static size is a cached constant of the graph, so a new resolution compiles
+    once more; the batch size stays dynamic."""
+    if isinstance(n, torch.SymInt) and torch.compiler.is_exporting():
+        return n
+    return operator.index(n)
 
 
 def _causal_per_axis(value: Any, rank: int) -> Tuple[bool, ...]:
@@ -87,10 +99,7 @@ def check_gna_inputs(
         raise ValueError(f"heads and head dims must be >= 1 (batch >= 0), got q {tuple(q.shape)}, v {tuple(v.shape)}")
 
     rank = q.dim() - 3
-    # operator.index: under torch.compile a spatial size marked dynamic is specialised here (the
-    # attention pattern's index plan depends on it), so a new resolution compiles once more;
-    # the batch size stays dynamic.
-    spatial = tuple(operator.index(x) for x in q.shape[1 : 1 + rank])
+    spatial = tuple(_spatial_size(x) for x in q.shape[1 : 1 + rank])
     kernel_size = _per_axis("kernel_size", kernel_size, rank, 1)
     stride = _per_axis("stride", stride, rank, 1)
     dilation = _per_axis("dilation", dilation, rank, 1)

@@ -28,6 +28,12 @@ gathered halo with a mask, in one batched ``scaled_dot_product_attention``. Memo
 ``O(N * W^r)``, never ``O(N^2)``; for blocked patterns ``W == T == k`` and nothing is wasted.
 Computation runs in float32 for float16 / bfloat16 / float32 inputs (float64 stays float64); the
 result is cast back to the dtype of q.
+
+Plans: for int sizes (eager, torch.compile) the tiling is decided in Python and cached as
+constant index tensors. Under ``torch.export`` with a dynamic size the spatial sizes are
+symbolic and the plan is computed in the graph from them (``_symbolic_layout``): a halo bound
+``W = T - s + k`` for every size, masked, and at least two tiles, so the exported program takes
+any size without a guard on the example's.
 """
 from __future__ import annotations
 
@@ -39,7 +45,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from .._trace_cache import size_key, trace_cached
 from ._params import GNAParams, check_gna_inputs
 
 __all__ = ["gna_reference", "window_bounds", "attended_pairs"]
@@ -186,8 +194,8 @@ class _Layout:
     dilation: Optional[Tuple[int, ...]]  # set when every axis is reshape_only: tile by view + permute
 
 
-def _build_layout(params: GNAParams, device: torch.device) -> _Layout:
-    shapes = _axis_shapes(params)
+def _build_layout(params: GNAParams, device: torch.device, shapes: Optional[Tuple[_AxisShape, ...]] = None) -> _Layout:
+    shapes = _axis_shapes(params) if shapes is None else shapes
     tensors = [_axis_tensors(a, device) for a in shapes]
     r = len(shapes)
     uniform = all(a.uniform for a in shapes)  # blocked, divisible: one bias for every tile
@@ -216,6 +224,51 @@ def _build_layout(params: GNAParams, device: torch.device) -> _Layout:
         rel=rel.expand(grid).reshape(n, tq, wk),
         dilation=params.dilation if all(a.reshape_only for a in shapes) else None,
     )
+
+
+def _symbolic_axis_shape(length, kernel: int, stride: int, dilation: int, causal: bool) -> _AxisShape:
+    """``_axis_shape`` for a symbolic ``length`` (``torch.export`` with a dynamic size): every
+    field that depends on the length is a SymInt expression or a bound that holds for every length,
+    so nothing specialises the exported graph to the example size.
+
+    The leaders of one tile's queries span at most ``T - s`` positions and a window start moves
+    no faster than its leader, so every tile's keys lie in ``W = T - s + k`` consecutive
+    positions; ``_axis_tensors`` masks what each query does not see (at sizes where the plan of
+    ``_axis_shape`` has a smaller halo, the extra keys are masked). A blocked pattern
+    (``stride == kernel``) on a length that is provably a multiple of ``dilation * kernel`` and
+    at least two tiles long (the mixers pad to that: ``layers._padding.padded_blocks``) is a
+    reshape, as in the static plan."""
+    d = dilation
+    tile = stride * -(-kernel // stride)
+    n_tiles = (length + d * tile - 1) // (d * tile)  # ceil(ceil(L / d) / T)
+    blocked = (stride == kernel and statically_known_true(length % (d * tile) == 0)
+               and statically_known_true(n_tiles >= 2))
+    if not blocked:
+        # At least two tiles (a second one of repeated queries and masked keys at sizes that
+        # need one): a tile count provably >= 2 spares the exported graph torch's shape
+        # decisions "is this axis of size 1?", each of which would be a guard on the example.
+        n_tiles = torch.sym_max(n_tiles, 2)
+    halo = tile if blocked else tile - stride + kernel
+    # pairs is only read by FLOP counting (attended_pairs), which runs eagerly on static sizes
+    return _AxisShape(length, kernel, stride, dilation, causal, tile, n_tiles, halo, 0, blocked, blocked, blocked, d * n_tiles)
+
+
+def _symbolic_layout(params: GNAParams, device: torch.device) -> _Layout:
+    """The layout of a pattern whose spatial sizes are symbolic, built from tensor arithmetic on
+    those sizes: under ``torch.export`` it becomes part of the graph (a few ``arange`` and index
+    ops on the sizes), so the exported program computes the plan of whatever size it is given.
+    Static sizes keep the cached constant plan of ``_layout``."""
+    def build() -> _Layout:
+        shapes = tuple(
+            _axis_shape(*args) if all(isinstance(x, (int, bool)) for x in args) else _symbolic_axis_shape(*args)
+            for args in zip(params.spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
+        )
+        return _build_layout(params, device, shapes)
+
+    # the blocks of a stage share the pattern: one layout per trace (kernels/_trace_cache.py)
+    key = ("gna", tuple(size_key(n) for n in params.spatial), params.kernel_size, params.stride, params.dilation,
+           params.is_causal, device)
+    return trace_cached(key, build)
 
 
 @functools.lru_cache(maxsize=128)
@@ -295,7 +348,8 @@ def gna_reference(
 
 
 def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    lay = _layout(params, q.device)
+    symbolic = any(isinstance(n, torch.SymInt) for n in params.spatial)
+    lay = _symbolic_layout(params, q.device) if symbolic else _layout(params, q.device)
     r = params.rank
     compute = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; float64 stays float64
     if lay.dilation is not None:
@@ -313,16 +367,20 @@ def _gna_reference(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scal
         outside = torch.zeros(lay.mask.shape, dtype=compute, device=q.device)
         outside = outside.masked_fill_(~lay.mask, float("-inf")).unsqueeze(1)
         bias = outside if bias is None else bias + outside
+    if lay.mask is not None and not symbolic:
         # A tile attends to keys outside some of its queries' windows under a -inf mask; a NaN or
         # Inf there would still reach those queries (NaN + -inf = NaN, 0 * Inf = NaN). Zero the
-        # non-finite keys / values and mark exactly the queries whose window holds one.
+        # non-finite keys / values and mark exactly the queries whose window holds one. (Not in an
+        # exported graph: there a non-finite key or value makes its whole tile NaN instead of the
+        # queries that see it; its thirteen ops were a fifth of DiNAT's tracing time.)
         k_bad = ~torch.isfinite(kt).all(-1, keepdim=True)  # [B, N, H, Wk, 1]
         v_bad = ~torch.isfinite(vt).all(-1, keepdim=True)
         kt = kt.masked_fill(k_bad, 0.0)
         vt = vt.masked_fill(v_bad, 0.0)
         in_window = lay.mask.to(compute).unsqueeze(1)  # [N or 1, 1, Tq, Wk]
         poisoned = (in_window @ (k_bad | v_bad).to(compute)) > 0
-    if bias is None or bias.shape[0] == 1:
+    # one bias for every tile (a tile count that is symbolic is never taken to be 1)
+    if bias is None or (isinstance(bias.shape[0], int) and bias.shape[0] == 1):
         # 4-D inputs: torch's fused CPU / GPU SDPA kernels take those (5-D falls back to the math path)
         b, n = qt.shape[:2]
         out = F.scaled_dot_product_attention(qt.flatten(0, 1), kt.flatten(0, 1), vt.flatten(0, 1), attn_mask=bias, scale=scale)

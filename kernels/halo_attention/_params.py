@@ -62,7 +62,7 @@ def check_halo_inputs(
     if not k.is_floating_point():
         raise ValueError(f"k must be a floating point tensor, got dtype {k.dtype}")
     b, h, w, heads, head_dim = k.shape
-    if min(h, w, heads, head_dim) < 1:
+    if any(n < 1 for n in (h, w, heads, head_dim)):  # not min(): it orders symbolic sizes (a guard)
         raise ValueError(f"k must have every dim but the batch >= 1, got shape {tuple(k.shape)}")
     if h % block_size or w % block_size:
         raise ValueError(

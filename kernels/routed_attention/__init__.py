@@ -14,7 +14,7 @@ import torch
 from .. import _flops
 from .._dispatch import Op
 from ._params import RoutedParams, check_route_inputs, check_routed_inputs
-from .reference import _route, _routed_reference, route_regions_reference, routed_attention_reference
+from .reference import _is_symbolic, _route, _route_symbolic, _routed_reference, route_regions_reference, routed_attention_reference
 
 __all__ = [
     "routed_attention", "route_regions", "routed_attention_reference", "route_regions_reference",
@@ -53,7 +53,7 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, num_regions: int, topk: int)
         first (affinity: dot product of the region means of q and k over all heads). No gradient.
     """
     params = check_route_inputs(q, k, num_regions, topk)
-    return _route(q, k, params)
+    return _route_symbolic(q, k, params) if _is_symbolic(params) else _route(q, k, params)
 
 
 def routed_attention(

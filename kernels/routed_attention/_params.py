@@ -38,7 +38,7 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor, num_regions) -> int:
         raise ValueError(f"q must be [batch, H, W, heads, head_dim] (5 dims), got shape {tuple(q.shape)}")
     if not q.is_floating_point():
         raise ValueError(f"q must be a floating point tensor, got dtype {q.dtype}")
-    if min(q.shape[1:]) < 1:
+    if any(n < 1 for n in q.shape[1:]):  # not min(): it orders symbolic sizes (a guard)
         raise ValueError(f"q must have every dim but the batch >= 1, got shape {tuple(q.shape)}")
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")

@@ -77,6 +77,91 @@ def _region_major(t: torch.Tensor, params: RoutedParams) -> torch.Tensor:
     return t.reshape(b, heads, s * s, rh * rw, c)
 
 
+def _is_symbolic(params: RoutedParams) -> bool:
+    return any(isinstance(n, torch.SymInt) for n in params.spatial)
+
+
+def _mod(t: torch.Tensor, n) -> torch.Tensor:
+    """``t % n`` for non-negative ``t`` and a size ``n`` that may be symbolic, written with a floor
+    division: ONNX's exporter (onnxscript 0.7) fails on a remainder by a symbolic scalar."""
+    return t - (t // n) * n
+
+
+def _region_tokens(params: RoutedParams, region: torch.Tensor, token: torch.Tensor):
+    """Row and column of token ``token`` (row-major in its region) of region ``region``
+    (row-major id): broadcastable integer tensors."""
+    s = params.num_regions
+    rh, rw = params.region_size
+    return (region // s) * rh + token // rw, (region % s) * rw + _mod(token, rw)
+
+
+def _route_symbolic(q: torch.Tensor, k: torch.Tensor, params: RoutedParams) -> torch.Tensor:
+    """``_route`` for symbolic sizes (``torch.export``): the region means are sums against 0/1
+    region-membership matrices per axis (``[S, H]``, ``[S, W]``, built from ``arange``) divided
+    by the region's token count, rather than a mean over a reshape that splits H into
+    ``(S, rh)``: that split makes torch decide whether ``rh`` is 1, a guard on the example size.
+    The same affinities up to the summation order."""
+    b, h, w = q.shape[:3]
+    s = params.num_regions
+    rh, rw = params.region_size
+    compute = _routing_dtype(q)
+    region = torch.arange(s, device=q.device)[:, None]
+    in_row = (torch.arange(h, device=q.device)[None, :] // rh == region).to(compute)  # [S, H]
+    in_col = (torch.arange(w, device=q.device)[None, :] // rw == region).to(compute)  # [S, W]
+    with torch.no_grad():
+        def pooled(t: torch.Tensor) -> torch.Tensor:
+            sums = torch.einsum("iy,jx,byxhd->bijhd", in_row, in_col, t.detach().to(compute))
+            return (sums / (rh * rw)).reshape(b, s * s, -1)  # [B, S*S, heads*d]
+
+        affinity = pooled(q) @ pooled(k).transpose(-1, -2)
+        return affinity.topk(params.topk, dim=-1).indices
+
+
+def _routed_reference_symbolic(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: RoutedParams,
+    scale: float,
+    index: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """The reference for symbolic spatial sizes (``torch.export`` with a dynamic height and
+    width). The same math as ``_routed_reference``, but every tensor with a region-sized axis is
+    made by a gather whose index is built from ``arange`` on the sizes (never by a reshape that
+    splits or merges an axis that may be 1: each such reshape is a guard on the example size).
+    The routed keys of a query region are ordered token-major (``rh*rw`` tokens x ``topk``
+    regions), which the softmax does not see."""
+    if index is None:
+        index = _route_symbolic(q, k, params)
+    b = q.shape[0]
+    s, topk = params.num_regions, params.topk
+    rh, rw = params.region_size
+    dev = q.device
+    regions = torch.arange(s * s, device=dev)[:, None]  # [S*S, 1]
+    # one query slot more than a region has tokens (a repeat of its last token, never read back):
+    # a query axis provably >= 2 long spares torch's "is it 1?" decisions in the matmuls
+    tokens = torch.arange(rh * rw + 1, device=dev).clamp_max(rh * rw - 1)
+    rows, cols = _region_tokens(params, regions, tokens[None, :])
+    qr = q[:, rows, cols].permute(0, 3, 1, 2, 4)  # [B, heads, S*S, rh*rw + 1, d]
+    slot = torch.arange(rh * rw * topk, device=dev)  # key slot j: token j // topk of routed region j % topk
+    routed = index[:, :, slot % topk]  # [B, S*S, rh*rw*topk]
+    k_rows, k_cols = _region_tokens(params, routed, (slot // topk)[None, None, :])
+    batch = torch.arange(b, device=dev)[:, None, None]
+    ks = k[batch, k_rows, k_cols].permute(0, 3, 1, 2, 4)  # [B, heads, S*S, rh*rw*topk, d]
+    vs = v[batch, k_rows, k_cols].permute(0, 3, 1, 2, 4)
+    # softmax attention written out: 5-D, which ONNX's scaled_dot_product_attention does not take;
+    # float32 accumulation as the fused kernels of the static path
+    compute = _routing_dtype(q)
+    attn = ((qr.to(compute) @ ks.to(compute).transpose(-1, -2)) * scale).softmax(dim=-1)
+    out = (attn @ vs.to(compute)).to(q.dtype)  # [B, heads, S*S, rh*rw + 1, dv]
+    h, w = params.spatial
+    y = torch.arange(h, device=dev)[:, None]
+    x = torch.arange(w, device=dev)[None, :]
+    region = (y // rh) * s + x // rw  # [H, W]
+    token = _mod(y, rh) * rw + _mod(x, rw)
+    return out[:, :, region, token].permute(0, 2, 3, 1, 4)  # [B, H, W, heads, dv]
+
+
 def _routed_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -86,6 +171,8 @@ def _routed_reference(
     index: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """The reference for already checked inputs (the dispatcher's entry point)."""
+    if _is_symbolic(params):
+        return _routed_reference_symbolic(q, k, v, params, scale, index)
     if index is None:
         index = _route(q, k, params)
     b, h, w, heads, d = q.shape
@@ -113,7 +200,7 @@ def route_regions_reference(q: torch.Tensor, k: torch.Tensor, num_regions: int, 
     """The routing step alone (see the module docstring): ``[B, S*S, topk]`` int64 region ids,
     most affine first."""
     params = check_route_inputs(q, k, num_regions, topk)
-    return _route(q, k, params)
+    return _route_symbolic(q, k, params) if _is_symbolic(params) else _route(q, k, params)
 
 
 def routed_attention_reference(
