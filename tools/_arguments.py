@@ -74,6 +74,9 @@ def bench(parser: argparse.ArgumentParser) -> None:
                       help="leave out the timm twins (by default each az_ model is timed beside timm's own model of "
                            "the same name, in the same rounds)")
     what.add_argument("--no-speed", action="store_true", help="parameters and GFLOPs only, no timing")
+    what.add_argument("--no-ops", action="store_true",
+                      help="leave out the fused ops' headline table (one row per op, after the models; timed by "
+                           "default unless --no-speed or --models / --all select models)")
     what.add_argument("--vs-timm", action="store_true",
                       help="instead of the main table: forward latency of each selected az_ model over its timm twin, "
                            "one row at a time (reference backend; defaults: batch 8, 224 px, cpu)")

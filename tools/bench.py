@@ -517,6 +517,10 @@ def _main_table(args: argparse.Namespace, device: torch.device, names: Sequence[
     if legend:
         lines += ["", *legend]
     lines += ["", f"Measured in {elapsed / 60:.1f} min; load average at the end {_load()}."]
+    if not (args.no_speed or args.no_ops or args.models or args.all):
+        from attnzoo.tools.bench_ops import headline
+
+        lines += ["", *headline(device)]
     print("\n".join(lines), flush=True)
 
     (out_dir / "bench.md").write_text("\n".join(header + [""] + lines) + "\n")

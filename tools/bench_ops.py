@@ -44,7 +44,7 @@ import attnzoo.kernels
 from attnzoo.tools import _arguments
 from attnzoo.tools._report import Footnotes, device_name, markdown_table, version_of
 
-__all__ = ["add_arguments", "run", "OP_MODULES", "op_modules", "measure_rates", "make_step"]
+__all__ = ["add_arguments", "run", "headline", "OP_MODULES", "op_modules", "measure_rates", "make_step"]
 
 OP_MODULES = {name: op.bench for name, op in attnzoo.kernels.OPS.items() if op.bench is not None}
 """op name -> its case module (imported when the command runs): every registered op with a Triton
@@ -173,6 +173,56 @@ def _op_table(module: ModuleType, names: Sequence[str], pool: dict, backends: Se
         + [f"{b} / {backends[0]}" for b in backends[1:]] + ([f"{b} peak MiB" for b in backends] if cuda else [])
     right = [False, False] + [True] * (len(headers) - 2)
     lines = markdown_table(headers, rows, right)
+    if notes.notes:
+        lines += ["", *notes.lines()]
+    return lines
+
+
+def headline(device: torch.device, warmup: int = 1, iters: int = 3) -> List[str]:
+    """The op table's headline, for ``attnzoo bench``: one row per op, its first case (the first
+    of the CPU-sized set on a CPU), forward, float16 on CUDA / float32 on a CPU: the fused kernels'
+    time, the reference's, the fastest other backend's, and the fused kernels' speed-up over each.
+    ``attnzoo bench-ops`` has the full tables (every case, forward + backward, the roofline)."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    notes = Footnotes()
+    rows = []
+    for op, module in op_modules().items():
+        pool = module.CASES if device.type == "cuda" else module.SMALL_CASES
+        name = next(iter(pool))
+        fused = module.BACKENDS[0]
+        times: Dict[str, float] = {}
+        why: Dict[str, str] = {}
+        cache: Dict[Tuple, Callable] = {}
+        for backend in module.BACKENDS:
+            try:
+                step, reason = module.runner(backend, pool[name], device, dtype, False, cache)
+                if step is not None:
+                    times[backend] = _median_seconds(step, device, warmup, iters)
+                    continue
+            except Exception as e:  # named in the row, the other backends still run
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+            why[backend] = reason
+
+        def cell(backend: str) -> str:
+            return _fmt_ms(times[backend]) if backend in times else f"n/a {notes.ref(f'{backend}: {why[backend]}')}"
+
+        others = [b for b in module.BACKENDS[2:] if b in times]
+        best = min(others, key=times.__getitem__) if others else None
+        ratios = []
+        for other in ("reference", best):
+            if other is not None and fused in times and other in times:
+                ratios.append(f"{times[other] / times[fused]:.3g}x")
+            else:
+                ratios.append("—" if other is None else
+                              f"— {notes.ref('a speed-up needs the fused time (see its column)')}")
+        rows.append([op, name, cell(fused), cell("reference"), f"{best} {_fmt_ms(times[best])}" if best else "—",
+                     *ratios])
+        print(f"attnzoo bench: op headline {op} done", file=sys.stderr, flush=True)
+    headers = ["op", "case", "fused (triton) ms", "reference ms", "fastest other, ms", "fused speed-up vs reference",
+               "fused speed-up vs fastest other"]
+    lines = [f"Fused ops (forward, {str(dtype).replace('torch.', '')}, median of {iters} after {warmup} warmup; "
+             "every case, forward + backward and the roofline: attnzoo bench-ops):", ""]
+    lines += markdown_table(headers, rows, [False, False] + [True] * 5)
     if notes.notes:
         lines += ["", *notes.lines()]
     return lines

@@ -150,3 +150,21 @@ def test_roofline_accounting():
     assert bench_ops_gna.min_bytes(case, 2, backward=False) == 4 * act  # q, k, v in, out
     # + lse out; q, k, v, out, dout, lse in; dq, dk, dv out
     assert bench_ops_gna.min_bytes(case, 2, backward=True) == 4 * act + lse + 5 * act + lse + 3 * act
+
+
+def test_headline_for_attnzoo_bench_has_one_row_per_op_and_says_what_needs_a_gpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    lines = bench_ops.headline(torch.device("cpu"), warmup=0, iters=1)
+    assert lines[0].startswith("Fused ops (forward, float32, median of 1 after 0 warmup")
+    header, rows = _table("\n".join(lines))
+    assert header[:5] == ["op", "case", "fused (triton) ms", "reference ms", "fastest other, ms"]
+    assert [r["op"] for r in rows] == list(bench_ops.OP_MODULES)
+    for row in rows:
+        module = bench_ops.op_modules([row["op"]])[row["op"]]
+        assert row["case"] == next(iter(module.SMALL_CASES))  # the CPU-sized set's first case
+        assert _is_number(row["reference ms"])
+        best, ms = row["fastest other, ms"].split()
+        assert best in module.BACKENDS[2:] and _is_number(ms)
+        assert row["fused (triton) ms"].startswith("n/a [")  # on the CPU, with the reason as a footnote
+        assert row["fused speed-up vs reference"].startswith("— [")
+    assert any("triton: inputs are on cpu" in line for line in lines)
