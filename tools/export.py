@@ -210,7 +210,8 @@ def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: 
 
 
 def _wrap_outputs(model):
-    """features_only models return a list; export and ONNX name a tuple's outputs one by one."""
+    """features_only models return a list; export and ONNX name a tuple's outputs one by one
+    (the wrapper prefixes parameter names with ``inner.``; classifiers are exported unwrapped)."""
     import torch
 
     class Wrapped(torch.nn.Module):
@@ -232,8 +233,11 @@ def _as_list(out) -> list:
 def _rel_err(got, want) -> float:
     import torch
 
+    got, want = _as_list(got), _as_list(want)
+    if len(got) != len(want):
+        return float("inf")
     worst = 0.0
-    for g, r in zip(_as_list(got), _as_list(want)):
+    for g, r in zip(got, want):
         g = torch.as_tensor(g).double()
         r = r.detach().double().cpu()
         if tuple(g.shape) != tuple(r.shape):
@@ -396,7 +400,7 @@ def build_model(name: str, *, dtype: str = "float32", pretrained: bool = False, 
         raise ValueError("--out-indices needs --features")
     model, size = _build(name, pretrained=pretrained, checkpoint=checkpoint, features=features,
                          out_indices=out_indices, dtype=getattr(torch, dtype), device=device)
-    return _wrap_outputs(model), size
+    return (_wrap_outputs(model) if features else model), size
 
 
 def trace(model, example, dynamic: str = "batch,hw", name: str = "the model"):
