@@ -74,7 +74,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._triton.flash import softmax_epilogue, softmax_step
+from .._triton.flash import dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import MAX_WINDOW, bwd_block_m, packing, window_lanes
@@ -175,8 +175,8 @@ def _window_step(K, V, RH, b, step, q_row, q_ok, chead, r, jx, y0, kx, c_ok, HH,
     ky = y0 + jy
     inside = ok & (ky >= 0) & (ky < HH) & (kx >= 0) & (kx < WW)
     k_row = ((b * HH + tl.minimum(tl.maximum(ky, 0), HH - 1)) * WW + tl.minimum(tl.maximum(kx, 0), WW - 1)) * NH + chead
-    k = tl.load(K + k_row[:, None] * D + od[None, :], mask=inside[:, None] & (od[None, :] < D), other=0.0)
-    v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=inside[:, None] & (ov[None, :] < DV), other=0.0)
+    k = load_rows(K, k_row, inside, od, D)
+    v = load_rows(V, k_row, inside, ov, DV)
     rh = tl.load(RH + q_row[:, None] * WIN + jy[None, :], mask=q_ok[:, None] & ok[None, :], other=0.0)
     return k, v, rh, jy, ok
 
@@ -198,7 +198,7 @@ def _halo_fwd_kernel(
     g, q_row, q_ok, gb, tile = _own_lanes(pid, n_groups, BQ * BQ, NH, BQ, NBX, HQ, WQ, b, BLOCK_M, OT, G)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
 
     cg, cgid, chead, r, jx, y0, kx, c_ok = _key_lanes(gb, n_groups, NH, NBX, BS, HALO, WIN, BLOCK_N, WINP, G, ROWS)
     # RW[i, jx(n)]: the same for every step (a step holds whole rows)
@@ -219,7 +219,7 @@ def _halo_fwd_kernel(
         m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
     out, lse = softmax_epilogue(m_i, l_i, acc)
-    tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
+    store_rows(O, q_row, q_ok, ov, out, DV)
     tl.store(LSE + q_row, lse, mask=q_ok)
 
 
@@ -243,8 +243,8 @@ def _halo_bwd_kernel(
     g, q_row, q_ok, gb, tile = _own_lanes(pid, n_groups, QB, NH, BQ, NBX, HQ, WQ, b, BLOCK_M, OT, G)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-    do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
+    do = load_rows(DO, q_row, q_ok, ov, DV)
     lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
 
@@ -266,15 +266,12 @@ def _halo_bwd_kernel(
         mask = q_ok[:, None] & ok[None, :]
         if G > 1:
             mask = mask & (g[:, None] == cg[None, :])
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq, p, ds = dq_step(s, mask, lse, delta, do, k, v, dq, DOT_PRECISION)
         dk_part = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
         dv_part = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
         part_row = part_base + jy * WIN + jx
-        tl.store(DKP + part_row[:, None] * D + od[None, :], dk_part * scale, mask=ok[:, None] & (od[None, :] < D))
-        tl.store(DVP + part_row[:, None] * DV + ov[None, :], dv_part, mask=ok[:, None] & (ov[None, :] < DV))
+        store_rows(DKP, part_row, ok, od, dk_part * scale, D)
+        store_rows(DVP, part_row, ok, ov, dv_part, DV)
         # relative logits: lanes are (row slot, column), slot = packed group * ROWS + row offset
         ds3 = tl.reshape(ds, [BLOCK_M, NSLOT, WINP])
         drw += tl.sum(ds3, 1)
@@ -282,9 +279,9 @@ def _halo_bwd_kernel(
         slot_jy = step * ROWS + slots % ROWS
         tl.store(DRH + q_row[:, None] * WIN + slot_jy[None, :], drh, mask=slot_own & (slot_jy[None, :] < WIN))
 
-    tl.store(DQ + q_row[:, None] * D + od[None, :], dq * scale, mask=q_ok[:, None] & (od[None, :] < D))
+    store_rows(DQ, q_row, q_ok, od, dq * scale, D)
     wj = tl.arange(0, WINP)
-    tl.store(DRW + q_row[:, None] * WIN + wj[None, :], drw, mask=q_ok[:, None] & (wj[None, :] < WIN))
+    store_rows(DRW, q_row, q_ok, wj, drw, WIN)
 
 
 # --- host side -----------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton.flash import softmax_epilogue, softmax_step
+from .._triton.flash import dkdv_step, dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import packing
@@ -134,6 +134,21 @@ def _inner_lanes(gb, n_groups, BLOCK_N: tl.constexpr, IT: tl.constexpr, G: tl.co
     return cg, tl.minimum(cgid, n_groups - 1), rem // IT, rem % IT, ok
 
 
+@triton.jit
+def _listed_rows(LIST, slots, step, n_inner, cslot, ctok, c_ok, b, chead, S, RH, RW, NH,
+                 IT: tl.constexpr, RG: tl.constexpr):
+    """The inner lanes' rows at loop ``step``: lane slot ``cslot`` of step ``step // n_inner`` reads
+    its region from ``LIST`` (the routing index row of the query region, or the reverse list of
+    the key region; ``slots`` entries), token ``ctok`` of tile ``step % n_inner``. Returns
+    ``(valid, row)``."""
+    T = RH * RW
+    slot = (step // n_inner) * RG + cslot
+    t = (step % n_inner) * IT + ctok
+    ok = c_ok & (slot < slots) & (t < T)
+    region = tl.load(LIST + slot, mask=ok, other=0)
+    return ok, _rows(b, region, chead, tl.minimum(t, T - 1), S, RH, RW, NH)
+
+
 # --- forward -------------------------------------------------------------------------------------
 
 @triton.jit
@@ -154,7 +169,7 @@ def _routed_fwd_kernel(
     q_row = _rows(b, gid // NH, gid % NH, t, S, RH, RW, NH)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -165,13 +180,10 @@ def _routed_fwd_kernel(
     chead = cgid % NH
     n_inner = (T + IT - 1) // IT
     for step in range(0, ((TOPK + RG - 1) // RG) * n_inner):
-        slot = (step // n_inner) * RG + cslot
-        kt = (step % n_inner) * IT + ctok
-        k_ok = c_ok & (slot < TOPK) & (kt < T)
-        kreg = tl.load(IDX + (b * R + cregion) * TOPK + slot, mask=k_ok, other=0)
-        k_row = _rows(b, kreg, chead, tl.minimum(kt, T - 1), S, RH, RW, NH)
-        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        k_ok, k_row = _listed_rows(IDX + (b * R + cregion) * TOPK, TOPK, step, n_inner, cslot, ctok, c_ok, b, chead,
+                                   S, RH, RW, NH, IT, RG)
+        k = load_rows(K, k_row, k_ok, od, D)
+        v = load_rows(V, k_row, k_ok, ov, DV)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if G > 1:  # packed groups: a row sees its own group's columns only
             mask = k_ok[None, :] & (g[:, None] == cg[None, :])
@@ -181,7 +193,7 @@ def _routed_fwd_kernel(
         m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
     out, lse = softmax_epilogue(m_i, l_i, acc)
-    tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
+    store_rows(O, q_row, q_ok, ov, out, DV)
     tl.store(LSE + q_row, lse, mask=q_ok)
 
 
@@ -206,8 +218,8 @@ def _routed_bwd_dq_kernel(
     q_row = _rows(b, gid // NH, gid % NH, t, S, RH, RW, NH)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-    do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
+    do = load_rows(DO, q_row, q_ok, ov, DV)
     lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
@@ -217,25 +229,18 @@ def _routed_bwd_dq_kernel(
     chead = cgid % NH
     n_inner = (T + IT - 1) // IT
     for step in range(0, ((TOPK + RG - 1) // RG) * n_inner):
-        slot = (step // n_inner) * RG + cslot
-        kt = (step % n_inner) * IT + ctok
-        k_ok = c_ok & (slot < TOPK) & (kt < T)
-        kreg = tl.load(IDX + (b * R + cregion) * TOPK + slot, mask=k_ok, other=0)
-        k_row = _rows(b, kreg, chead, tl.minimum(kt, T - 1), S, RH, RW, NH)
-        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        k_ok, k_row = _listed_rows(IDX + (b * R + cregion) * TOPK, TOPK, step, n_inner, cslot, ctok, c_ok, b, chead,
+                                   S, RH, RW, NH, IT, RG)
+        k = load_rows(K, k_row, k_ok, od, D)
+        v = load_rows(V, k_row, k_ok, ov, DV)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # invalid query lanes carry lse = 0 and would give huge p: mask them too
         mask = q_ok[:, None] & k_ok[None, :]
         if G > 1:
             mask = mask & (g[:, None] == cg[None, :])
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq, p, ds = dq_step(s, mask, lse, delta, do, k, v, dq, DOT_PRECISION)
 
-    tl.store(DQ + q_row[:, None] * D + od[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=q_ok[:, None] & (od[None, :] < D))
+    store_rows(DQ, q_row, q_ok, od, dq * scale, D)
 
 
 @triton.jit
@@ -258,8 +263,8 @@ def _routed_bwd_dkdv_kernel(
     k_row = _rows(b, gid // NH, gid % NH, t, S, RH, RW, NH)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-    v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    k = load_rows(K, k_row, k_ok, od, D)
+    v = load_rows(V, k_row, k_ok, ov, DV)
     dk = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     # the longest list of the program's key regions bounds its loop
@@ -273,29 +278,20 @@ def _routed_bwd_dkdv_kernel(
     count = tl.load(REV_COUNT + b * R + ckreg, mask=c_ok, other=0)
     n_inner = (T + IT - 1) // IT
     for step in range(0, ((most + RG - 1) // RG) * n_inner):
-        slot = (step // n_inner) * RG + cslot
-        qt = (step % n_inner) * IT + ctok
-        q_ok = c_ok & (slot < count) & (qt < T)
-        qreg = tl.load(REV + b * R * TOPK + start + slot, mask=q_ok, other=0)
-        q_row = _rows(b, qreg, chead, tl.minimum(qt, T - 1), S, RH, RW, NH)
-        q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-        do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        q_ok, q_row = _listed_rows(REV + b * R * TOPK + start, count, step, n_inner, cslot, ctok, c_ok, b, chead,
+                                   S, RH, RW, NH, IT, RG)
+        q = load_rows(Q, q_row, q_ok, od, D)
+        do = load_rows(DO, q_row, q_ok, ov, DV)
         lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
         delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
         s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [keys, queries]
         mask = k_ok[:, None] & q_ok[None, :]
         if G > 1:
             mask = mask & (g[:, None] == cg[None, :])
-        p = tl.where(mask, tl.exp2(s - lse[None, :]), 0.0)
-        dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[None, :])
-        dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
+        dk, dv = dkdv_step(s, mask, lse, delta, q, do, v, dk, dv, DOT_PRECISION)
 
-    tl.store(DK + k_row[:, None] * D + od[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=k_ok[:, None] & (od[None, :] < D))
-    tl.store(DV_OUT + k_row[:, None] * DV + ov[None, :], dv.to(DV_OUT.dtype.element_ty),
-             mask=k_ok[:, None] & (ov[None, :] < DV))
+    store_rows(DK, k_row, k_ok, od, dk * scale, D)
+    store_rows(DV_OUT, k_row, k_ok, ov, dv, DV)
 
 
 # --- host side -----------------------------------------------------------------------------------
