@@ -54,8 +54,9 @@ normalisations and every accumulator are float32.
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` when this module is first imported) the kernels
 run on CPU tensors with a fixed 16-query / 16-pooled-key tile (tests). On CUDA the tiles are
-autotuned for large problems (``_autotune.py``; ``ATTNZOO_AGGREGATED_AUTOTUNE=0``: one default
-config). The variable must be set before the process imports triton.
+autotuned for large problems (``_autotune.py``; ``ATTNZOO_AUTOTUNE=0`` or
+``ATTNZOO_AGGREGATED_AUTOTUNE=0``: one default config). TRITON_INTERPRET must be set before the
+process imports triton.
 """
 from __future__ import annotations
 
@@ -475,14 +476,9 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **self.meta[which], **extra)
-        tuner, tune = None, False
-        if INTERPRETER:
-            config = _autotune.interpreter_config(which)
-        else:
-            config = _autotune.default_config(which, kwargs)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.heads * self.height * self.width)
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, space=_autotune.SPACES[which],
+               rows=self.batch * self.heads * self.height * self.width)
+
 
 def _flags(pool_bias, local_bias, learnable_tokens, learnable_bias) -> dict:
     return dict(HAS_PB=pool_bias is not None, HAS_LB=local_bias is not None, HAS_LT=learnable_tokens is not None,

@@ -40,8 +40,9 @@ imported; Triton decides at decoration time, so the variable must be set before 
 imports triton: the interpreter tests run in a process of their own) the kernels run on the CPU,
 on CPU tensors, with one fixed small tile per rank. On CUDA the tiles, warps and stages are
 autotuned per pattern (``_autotune.py``) for problems of at least 2**18 (batch * heads *
-positions); smaller ones, and every launch under ``ATTNZOO_GNA_AUTOTUNE=0``, take the first
-config that survives pruning. The dk/dv kernel runs with one stage (see ``_autotune.configs``).
+positions); smaller ones, and every launch under ``ATTNZOO_AUTOTUNE=0`` (or
+``ATTNZOO_GNA_AUTOTUNE=0``), take the first config that survives pruning. The dk/dv kernel runs
+with one stage (see ``_autotune.configs``).
 """
 from __future__ import annotations
 
@@ -485,16 +486,13 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        tuner, tune = None, False
+        config = None  # the kernel's autotune space chooses (own tile = keys in the dk/dv kernel)
         if self.blocked:
             config = dict(_autotune.blocked_config(self.kernel), _blocked=True)
         elif INTERPRETER:
             config = _autotune.interpreter_config(self.rank)
-        else:  # own tile = keys, inner blocks = queries in the dk/dv kernel's config
-            config = _autotune.default_config(which, kwargs)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.heads * math.prod(self.spatial))
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, config, space=_autotune.SPACES[which],
+               rows=self.batch * self.heads * math.prod(self.spatial))
 
 
 _KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_dkdv_kernel}

@@ -54,9 +54,10 @@ Structure (flash-attention style):
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
 imported, which must come before the process imports triton) the kernels run on the CPU, on CPU
-tensors, with one fixed block configuration; tests use that. On CUDA the block sizes, warps and stages are
-autotuned (``_autotune.py``; ``ATTNZOO_HALO_AUTOTUNE=0``: the default config) for problems of at
-least 2**18 (batch * heads * queries); smaller ones take the default config.
+tensors, with one fixed block configuration; tests use that. On CUDA the block sizes, warps and
+stages are autotuned (``_autotune.py``; ``ATTNZOO_AUTOTUNE=0`` or ``ATTNZOO_HALO_AUTOTUNE=0``: the
+default config) for problems of at least 2**18 (batch * heads * queries); smaller ones take the
+default config.
 
 Precision: float32 inputs use IEEE dot products (no TF32); float16 / bfloat16 inputs feed
 ``tl.dot`` in their own dtype (P and dS rounded to it for the P V, dS K, dS^T Q and P^T dO
@@ -324,20 +325,15 @@ class _Launch:
         return triton.cdiv(self.bq * self.bq, min(self.bq * self.bq, block_m))
 
     def grid(self, meta) -> Tuple[int, int]:
-        p = packing(self.bq, self.window, meta["BLOCK_M"], meta["BLOCK_N"])
-        return (triton.cdiv(self.n_groups, p["G"]) * self.tiles(meta["BLOCK_M"]), self.batch)
+        """Programs: per batch element, the query tiles of each block of ``G`` packed groups (``G``
+        and the own queries per group ``OT`` as the kernel's packing heuristic chose them)."""
+        return (triton.cdiv(self.n_groups, meta["G"]) * triton.cdiv(self.bq * self.bq, meta["OT"]), self.batch)
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        tuner, tune = None, False
-        if INTERPRETER:
-            config = _autotune.interpreter_config(which, self.bq, self.window)
-        else:
-            named = dict(kwargs, DRH=None) if which == "bwd" else kwargs
-            config = _autotune.default_config(which, named)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.heads * self.runtime["HQ"] * self.runtime["WQ"])
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, space=_autotune.SPACES[which],
+               rows=self.batch * self.heads * self.runtime["HQ"] * self.runtime["WQ"])
+
 
 def _rel_rows(table: torch.Tensor, bq: int, window: int) -> torch.Tensor:
     """``[bq, win, d]`` float32: the table row of each (query index, window index) pair of one axis."""

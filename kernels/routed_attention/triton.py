@@ -48,8 +48,8 @@ Structure (flash-attention style):
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
 imported, which must come before the process imports triton) the kernels run on the CPU, on CPU
 tensors, with 16-lane blocks; tests use that. On CUDA the block sizes, warps and stages are autotuned
-(``_autotune.py``, ``ATTNZOO_ROUTED_AUTOTUNE=0`` for one default config) for problems of at
-least 2**18 (batch * heads * tokens); smaller ones take the default config.
+(``_autotune.py``, ``ATTNZOO_AUTOTUNE=0`` or ``ATTNZOO_ROUTED_AUTOTUNE=0`` for one default config)
+for problems of at least 2**18 (batch * heads * tokens); smaller ones take the default config.
 """
 from __future__ import annotations
 
@@ -335,23 +335,17 @@ class _Launch:
         )
         self.qk_scale = scale * _LOG2E
         self.scale = scale
-        self.elem = q.element_size()
 
     def grid(self, meta) -> Tuple[int, int]:
-        p = packing(self.tokens, meta["BLOCK_M"], meta["BLOCK_N"], 1)
-        per_block = triton.cdiv(self.tokens, p["OT"])
-        return (triton.cdiv(self.n_groups, p["G"]) * per_block, self.batch)
+        """Programs: per batch element, the tiles of each block of ``G`` packed groups (``G`` and
+        the own tokens per group ``OT`` as the kernel's packing heuristic chose them)."""
+        return (triton.cdiv(self.n_groups, meta["G"]) * triton.cdiv(self.tokens, meta["OT"]), self.batch)
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        tuner, tune = None, False
-        if INTERPRETER:
-            config = _autotune.interpreter_config()
-        else:
-            config = _autotune.default_config(which, self.tokens, max(self.meta["D"], self.meta["DV"]), self.elem)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.n_groups * self.tokens)
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, space=_autotune.SPACES[which],
+               rows=self.batch * self.n_groups * self.tokens)
+
 
 def reverse_index(index: torch.Tensor, regions: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The routing index inverted: for each batch element and key region, the query regions routed
