@@ -60,7 +60,6 @@ process imports triton.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -69,6 +68,7 @@ import triton
 import triton.language as tl
 
 from .._triton.flash import dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._params import AggregatedParams
@@ -76,19 +76,10 @@ from ._params import AggregatedParams
 __all__ = ["step_launches", "aggregated_forward", "aggregated_backward", "can_run_triton", "INTERPRETER",
            "MAX_WINDOW"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
 _EPS = 1e-12  # F.normalize's
 MAX_WINDOW = 7
 """Largest local window side the kernels take: the slot loop is unrolled (49 slots at 7)."""
-
-
-def _dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
@@ -97,22 +88,15 @@ def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embeddi
     naming the argument and the accepted range. Both public functions dispatch here:
     ``length_scaled_attention`` (``params.window_size is None``) runs the same kernels without the
     local branch."""
-    if q.dtype not in _DTYPES:
-        return f"q dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _dim_ok(v_pool.shape[-1]):
-        return f"v_dim {v_pool.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
+    b, h, w, heads, _ = q.shape
+    reason = refusal([("q", q), ("pool_bias", pool_bias), ("local_bias", local_bias),
+                      ("query_embedding", query_embedding), ("temperature", temperature),
+                      ("learnable_tokens", learnable_tokens), ("learnable_bias", learnable_bias)],
+                     [("head_dim", q.shape[-1]), ("v_dim", v_pool.shape[-1])], [("batch * heads", b * heads)])
+    if reason is not None:
+        return reason
     if params.window_size is not None and params.window_size > MAX_WINDOW:
         return f"window_size {params.window_size} is not supported (odd, 1 to {MAX_WINDOW})"
-    for name, t in (("pool_bias", pool_bias), ("local_bias", local_bias), ("query_embedding", query_embedding),
-                    ("temperature", temperature), ("learnable_tokens", learnable_tokens),
-                    ("learnable_bias", learnable_bias)):
-        if t is not None and t.dtype not in _DTYPES:
-            return f"{name} dtype {t.dtype} is not supported (float16, bfloat16 or float32)"
-    b, h, w, heads, _ = q.shape
-    if b * heads > 65535:
-        return f"batch * heads = {b * heads} exceeds the 65535 programs of a grid axis"
     if heads * h * w * params.pool_len >= 2**31:
         return f"heads * H * W * P = {heads * h * w * params.pool_len} >= 2**31 (int32 offsets into pool_bias)"
     return None
@@ -485,17 +469,13 @@ def _flags(pool_bias, local_bias, learnable_tokens, learnable_bias) -> dict:
                 HAS_LBIAS=learnable_bias is not None)
 
 
-def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.contiguous()
-
-
 def aggregated_forward(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
                        learnable_tokens, learnable_bias, window_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, H, W, heads, v_dim] in q's dtype, lse [B, H, W, heads] float32,
     base 2)``. Inputs validated by ``check_aggregated_inputs``, small tensors in q's dtype."""
-    q, k, v, k_pool, v_pool = (_c(t) for t in (q, k, v, k_pool, v_pool))
-    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = (
-        _c(t) for t in (pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias))
+    q, k, v, k_pool, v_pool = contiguous(q, k, v, k_pool, v_pool)
+    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = contiguous(
+        pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)
     run = _Launch(q, v_pool, window_size, _flags(pool_bias, local_bias, learnable_tokens, learnable_bias))
     out = torch.empty((*q.shape[:4], v_pool.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:4], dtype=torch.float32, device=q.device)
@@ -513,9 +493,9 @@ def aggregated_backward(grad_out, q, k, v, k_pool, v_pool, pool_bias, local_bias
     """The backward kernels. Returns the gradients of ``(q, k, v, k_pool, v_pool, pool_bias,
     local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)``, each in its
     input's dtype; None for an absent input, and for pool_bias unless ``pool_bias_grad``."""
-    q, k, v, k_pool, v_pool, out, grad_out = (_c(t) for t in (q, k, v, k_pool, v_pool, out, grad_out))
-    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = (
-        _c(t) for t in (pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias))
+    q, k, v, k_pool, v_pool, out, grad_out = contiguous(q, k, v, k_pool, v_pool, out, grad_out)
+    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = contiguous(
+        pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)
     given = (pool_bias, local_bias, learnable_tokens, learnable_bias)
     pool_bias_grad = pool_bias_grad and pool_bias is not None
     run = _Launch(q, v_pool, window_size, _flags(*given))

@@ -47,7 +47,6 @@ with one stage (see ``_autotune.configs``).
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -56,38 +55,22 @@ import triton
 import triton.language as tl
 
 from .._triton.flash import dkdv_step, dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._params import GNAParams
 
 __all__ = ["step_launches", "can_run_triton", "INTERPRETER"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-# The reverse mix cannot run: triton imported under the interpreter (its library functions are
-# interpreted) but these kernels built for compilation.
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-def _head_dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> Optional[str]:
     """None when ``gna_triton`` can run these (already validated) inputs, else the reason why not."""
-    if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _head_dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _head_dim_ok(v.shape[-1]):
-        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if rpb is not None and rpb.dtype not in _DTYPES:
-        return f"rpb dtype {rpb.dtype} is not supported (float16, bfloat16 or float32)"
-    if q.shape[0] * q.shape[-2] > 65535:
-        return f"batch * heads = {q.shape[0] * q.shape[-2]} exceeds the 65535 programs of a grid axis"
+    reason = refusal([("q", q), ("rpb", rpb)], [("head_dim", q.shape[-1]), ("v_dim", v.shape[-1])],
+                     [("batch * heads", q.shape[0] * q.shape[-2])])
+    if reason is not None:
+        return reason
     if math.prod(params.spatial) * q.shape[-2] * max(q.shape[-1], v.shape[-1]) >= 2**31:
         return "one batch element has >= 2**31 elements (int32 offsets inside a batch element)"
     return None
@@ -501,8 +484,7 @@ _KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_d
 def gna_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
                 params: GNAParams, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, *spatial, H, Dv], lse [B, *spatial, H] fp32, base 2)``."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    rpb_c = rpb.contiguous() if rpb is not None else None
+    q, k, v, rpb_c = contiguous(q, k, v, rpb)
     run = _Launch(q, v, params, rpb is not None, scale)
     out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
@@ -515,8 +497,7 @@ def gna_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
                  rpb: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor, params: GNAParams,
                  scale: float, rpb_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """The two backward kernels: ``(dq, dk, dv, drpb)``; drpb is None unless ``rpb_grad``."""
-    q, k, v, out, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), grad_out.contiguous()
-    rpb = rpb.contiguous() if rpb is not None else None
+    q, k, v, out, grad_out, rpb = contiguous(q, k, v, out, grad_out, rpb)
     rpb_grad = rpb_grad and rpb is not None
     run = _Launch(q, v, params, rpb is not None, scale)
     delta = (grad_out.float() * out.float()).sum(-1)  # [B, *spatial, H]

@@ -66,7 +66,6 @@ statistics, dS for the relative gradients and every accumulator are float32.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -76,6 +75,7 @@ import triton
 import triton.language as tl
 
 from .._triton.flash import dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import MAX_WINDOW, bwd_block_m, packing, window_lanes
@@ -84,34 +84,18 @@ from .reference import relative_index
 
 __all__ = ["step_launches", "halo_forward", "halo_backward", "relative_tables", "can_run_triton", "INTERPRETER"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-def _head_dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, height_rel, width_rel, params: HaloParams, scale: float) -> Optional[str]:
     """None when ``halo_triton`` can run these (already validated) inputs, else the reason why not."""
-    if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    for name, t in (("height_rel", height_rel), ("width_rel", width_rel)):
-        if t.dtype not in _DTYPES:
-            return f"{name} dtype {t.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _head_dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _head_dim_ok(v.shape[-1]):
-        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
+    reason = refusal([("q", q), ("height_rel", height_rel), ("width_rel", width_rel)],
+                     [("head_dim", q.shape[-1]), ("v_dim", v.shape[-1])], [("batch", k.shape[0])])
+    if reason is not None:
+        return reason
     if params.window > MAX_WINDOW:
         return (f"window block_size + 2 * halo_size = {params.window} is not supported (at most {MAX_WINDOW}: "
                 "one window row per key step)")
-    if k.shape[0] > 65535:
-        return f"batch {k.shape[0]} exceeds the 65535 programs of a grid axis"
     _, h, w, heads, d = k.shape
     nby, nbx = params.num_blocks
     per_batch = max(h * w * heads * max(d, v.shape[-1]),
@@ -382,7 +366,7 @@ def _fold_windows(part: torch.Tensor, spatial: Tuple[int, int], block_size: int,
 def halo_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
                  block_size: int, halo_size: int, query_stride: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, H/s, W/s, heads, v_dim], lse [B, H/s, W/s, heads] fp32, base 2)``."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = contiguous(q, k, v)
     out = torch.empty((*q.shape[:4], v.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:4], dtype=torch.float32, device=q.device)
     if out.numel():
@@ -397,7 +381,7 @@ def halo_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   query_stride: int, scale: float) -> Tuple[torch.Tensor, ...]:
     """The backward kernel and its PyTorch epilogue: ``(dq, dk, dv, d_height_rel, d_width_rel)`` in
     the dtypes of their inputs."""
-    q, k, v, out, grad_out, lse = (t.contiguous() for t in (q, k, v, out, grad_out, lse))
+    q, k, v, out, grad_out, lse = contiguous(q, k, v, out, grad_out, lse)
     if not q.numel():
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(height_rel),
                 torch.zeros_like(width_rel))

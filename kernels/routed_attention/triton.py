@@ -53,7 +53,6 @@ for problems of at least 2**18 (batch * heads * tokens); smaller ones take the d
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -62,6 +61,7 @@ import triton
 import triton.language as tl
 
 from .._triton.flash import dkdv_step, dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import packing
@@ -69,28 +69,14 @@ from ._params import RoutedParams
 
 __all__ = ["step_launches", "routed_forward", "routed_backward", "reverse_index", "can_run_triton", "INTERPRETER"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-def _head_dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, params: RoutedParams, scale: float, index: Optional[torch.Tensor]) -> Optional[str]:
     """None when ``routed_triton`` can run these (already validated) inputs, else the reason why not."""
-    if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _head_dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _head_dim_ok(v.shape[-1]):
-        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if q.shape[0] > 65535:
-        return f"batch {q.shape[0]} exceeds the 65535 programs of a grid axis"
+    reason = refusal([("q", q)], [("head_dim", q.shape[-1]), ("v_dim", v.shape[-1])], [("batch", q.shape[0])])
+    if reason is not None:
+        return reason
     rh, rw = params.region_size
     groups = params.regions * q.shape[-2]
     if groups * rh * rw >= 2**31:
@@ -365,7 +351,7 @@ def reverse_index(index: torch.Tensor, regions: int) -> Tuple[torch.Tensor, torc
 def routed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, num_regions: int,
                    scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, H, W, heads, v_dim], lse [B, H, W, heads] fp32, base 2)``."""
-    q, k, v, index = q.contiguous(), k.contiguous(), v.contiguous(), index.contiguous()
+    q, k, v, index = contiguous(q, k, v, index)
     out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if out.numel():
@@ -378,8 +364,7 @@ def routed_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
                     out: torch.Tensor, lse: torch.Tensor, num_regions: int,
                     scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two backward kernels: ``(dq, dk, dv)`` in the dtypes of q, k, v."""
-    q, k, v, out, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), grad_out.contiguous()
-    index, lse = index.contiguous(), lse.contiguous()
+    q, k, v, out, grad_out, index, lse = contiguous(q, k, v, out, grad_out, index, lse)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
