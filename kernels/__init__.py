@@ -30,18 +30,25 @@ Every op:
 An op with fused Triton kernels adds (imports run one way: ``_library`` -> ``triton`` ->
 ``_autotune`` / ``_params``; the package imports without triton):
 
-* ``triton.py`` - the ``@triton.jit`` kernels and their host code, which launches through
-  ``_triton.launch.launch`` (so the compile gate compiles the launch code itself), and
+* ``triton.py`` - the ``@triton.jit`` kernels, built from the shared blocks of
+  ``_triton.flash`` (row-tile loads and stores, ``softmax_step`` / ``softmax_epilogue``,
+  ``dq_step``, ``dkdv_step``) around the op's own row mapping, masks and bias terms, and their
+  host code, which launches through ``_triton.launch.launch`` with the kernel's autotune space
+  (so the compile gate compiles the launch code itself), and
 
-  - ``can_run_triton(*args)``: None, or the sentence saying why these inputs cannot run (dtype,
-    head dim, grid and int32 limits), taking the dispatcher's arguments (what ``Op.select``
-    receives after the public function's checks);
+  - ``can_run_triton(*args)``: None, or the sentence saying why these inputs cannot run,
+    taking the dispatcher's arguments (what ``Op.select`` receives after the public function's
+    checks): ``_triton.host.refusal`` (dtype, head dim, grid-axis limit), then the op's own
+    limits (window sizes, int32 offsets);
   - ``step_launches(*args, backward=True)``: every launch of one training step for those
     arguments (the compile gate and the compile probe call it on meta tensors);
   - ``INTERPRETER``: whether the kernels were built for Triton's interpreter (TRITON_INTERPRET=1
-    before the process imported triton).
-* ``_autotune.py`` - the tile configs, their pruning, the untuned default and the interpreter's
-  fixed tile.
+    before the process imported triton; ``_triton.host.INTERPRETER``).
+* ``_autotune.py`` - ``SPACES``: one ``_triton.autotune.Space`` per kernel, holding its tile
+  configs, their pruning (told which kernel it serves by argument; shared memory from
+  ``_triton.autotune.smem_limit``), the untuned default, the interpreter's fixed tile and the
+  autotune key; tuning follows ``ATTNZOO_AUTOTUNE`` and, when set, the op's own
+  ``ATTNZOO_<OP>_AUTOTUNE``.
 * ``_library.py`` - the ``torch.library`` custom ops (forward and backward, fake implementations,
   autograd), whose bodies run the kernels through ``_triton.fallback.run_or_fall_back``, and the
   entry ``<op>_triton(*args, fallback=False)`` the dispatcher calls.

@@ -8,13 +8,13 @@ and ``num_stages``.
 from __future__ import annotations
 
 import functools
-import os
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import triton
 
-__all__ = ["MIN_BLOCK_M", "configs", "prune", "default_config", "interpreter_config", "should_tune",
-           "autotune_enabled", "size_bucket", "tuned"]
+from .._triton.autotune import Space, pow2 as _pow2
+
+__all__ = ["SPACES", "MIN_BLOCK_M", "configs", "prune", "size_bucket"]
 
 MIN_BLOCK_M = 16
 """The smallest BLOCK_M of any config (the interpreter's): sizes the backward's partial-sum rows."""
@@ -33,12 +33,6 @@ _WARPS = (4, 8)
 _STAGES = (1, 2)
 # Register budget used in pruning: float32 tile elements per thread (of 255 32-bit registers).
 _REGS_PER_THREAD = 160
-# Problems with fewer (batch * heads * positions) are launch-bound: not tuned (a compile per config).
-_TUNE_MIN_ROWS = 2**18
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,8 +60,8 @@ def _live_tiles(which: str, m: int, p: int, d: int, dv: int, l: int) -> int:
     return 4 * m * d + 3 * m * dv
 
 
-def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[triton.Config]:
-    """Drop the configs that cannot win on this problem:
+def prune(kernel: str, configs: Sequence[triton.Config], args: dict) -> List[triton.Config]:
+    """Drop the configs of ``kernel`` ('fwd', 'bwd_q' or 'bwd_k') that cannot win on this problem:
 
     * ``BLOCK_P`` above the pooled length rounded up to a power of two (masked lanes only), and
       ``BLOCK_M`` above the map's positions rounded likewise;
@@ -76,12 +70,11 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
 
     When nothing survives (tiny inputs), the configs with the fewest lanes stay.
     """
-    args = {**named_args, **kwargs}
     n = args["HH"] * args["WW"]
     pool = args["P"]
     d, dv = _pow2(args["D"]), _pow2(args["DV"])
     l = _pow2(args["WS"] ** 2)
-    which = "bwd_k" if "LOCAL" not in args else ("bwd_q" if "PB_GRAD" in args else "fwd")
+    which = kernel
 
     def usable(c: triton.Config) -> bool:
         m, p = c.kwargs["BLOCK_M"], c.kwargs.get("BLOCK_P", 16)
@@ -100,16 +93,6 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
     return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs.get("BLOCK_P", 1) == fewest and c.num_warps == 4]
 
 
-def autotune_enabled() -> bool:
-    """``ATTNZOO_AGGREGATED_AUTOTUNE=0`` turns autotuning off (every launch takes ``default_config``)."""
-    return os.environ.get("ATTNZOO_AGGREGATED_AUTOTUNE", "1").strip() != "0"
-
-
-def should_tune(rows: int) -> bool:
-    """Whether a launch over ``rows`` = batch * heads * positions goes through the autotuner."""
-    return autotune_enabled() and rows >= _TUNE_MIN_ROWS
-
-
 # The untuned choice where the search order's first survivor does not fit: bwd_q at 32 x 32 and
 # 4 warps sits at 255 registers and spills 8 B on sm_80 (float16, transnext_micro); 32 x 16 at 8
 # warps needs 195 and spills nothing (compile gate, attnzoo kernels --configs all). bwd_k at 64
@@ -117,21 +100,20 @@ def should_tune(rows: int) -> bool:
 _PREFERRED = {"bwd_q": dict(BLOCK_M=32, BLOCK_P=16, num_warps=8), "bwd_k": dict(BLOCK_M=32, num_warps=4)}
 
 
-def default_config(which: str, named_args: dict) -> dict:
-    """The untuned choice: the first config that survives pruning (preferred shapes first)."""
-    kept = prune(configs(which), {}, **named_args)
+def _choose(which: str, kept: List[triton.Config], args: dict) -> triton.Config:
+    """The untuned choice: the preferred config where it survives pruning (``_PREFERRED``), else
+    the first survivor (preferred shapes first)."""
     preferred = _PREFERRED.get(which)
-    config = next((c for c in kept if preferred and all(c.all_kwargs().get(k) == v for k, v in preferred.items())),
-                  kept[0])
-    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    return next((c for c in kept if preferred and all(c.all_kwargs().get(k) == v for k, v in preferred.items())),
+                kept[0])
 
 
-def interpreter_config(which: str) -> dict:
+def _interpreter_config(which: str):
     """Under TRITON_INTERPRET=1 (no timing possible, every tl op a numpy call): 16 x 16 tiles."""
     meta = dict(BLOCK_M=MIN_BLOCK_M, num_warps=1, num_stages=1)
     if which != "bwd_k":
         meta["BLOCK_P"] = 16
-    return meta
+    return lambda args: dict(meta)
 
 
 def size_bucket(positions: int, pool: int) -> int:
@@ -146,18 +128,12 @@ _KEYS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _tuned(which: str, kernel):
-    return triton.autotune(
-        configs=list(configs(which)),
-        key=_KEYS[which],
-        prune_configs_by={"early_config_prune": prune},
-        # bwd_q accumulates the pooled and pool_bias gradients with atomics: every timed run
-        # must start from zero
-        reset_to_zero=["DKP", "DVP", "DPB"] if which == "bwd_q" else None,
-    )(kernel)
-
-
-def tuned(which: str, kernel):
-    """The autotuned launcher of ``kernel`` ('fwd', 'bwd_q' or 'bwd_k'), built once per kernel."""
-    return _tuned(which, kernel)
+SPACES: Dict[str, Space] = {
+    which: Space(which, configs(which), prune, _KEYS[which], _interpreter_config(which), choose=_choose,
+                 # bwd_q accumulates the pooled and pool_bias gradients with atomics: every timed run
+                 # must start from zero
+                 reset_to_zero=["DKP", "DVP", "DPB"] if which == "bwd_q" else None,
+                 env="ATTNZOO_AGGREGATED_AUTOTUNE")
+    for which in ("fwd", "bwd_q", "bwd_k")
+}
+"""The autotune space of each kernel ('fwd', 'bwd_q', 'bwd_k'; ``_triton.autotune.Space``)."""

@@ -54,12 +54,12 @@ normalisations and every accumulator are float32.
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` when this module is first imported) the kernels
 run on CPU tensors with a fixed 16-query / 16-pooled-key tile (tests). On CUDA the tiles are
-autotuned for large problems (``_autotune.py``; ``ATTNZOO_AGGREGATED_AUTOTUNE=0``: one default
-config). The variable must be set before the process imports triton.
+autotuned for large problems (``_autotune.py``; ``ATTNZOO_AUTOTUNE=0`` or
+``ATTNZOO_AGGREGATED_AUTOTUNE=0``: one default config). TRITON_INTERPRET must be set before the
+process imports triton.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -67,6 +67,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton.flash import dq_step, load_rows, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._params import AggregatedParams
@@ -74,19 +76,10 @@ from ._params import AggregatedParams
 __all__ = ["step_launches", "aggregated_forward", "aggregated_backward", "can_run_triton", "INTERPRETER",
            "MAX_WINDOW"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
 _EPS = 1e-12  # F.normalize's
 MAX_WINDOW = 7
 """Largest local window side the kernels take: the slot loop is unrolled (49 slots at 7)."""
-
-
-def _dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
@@ -95,22 +88,15 @@ def can_run_triton(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embeddi
     naming the argument and the accepted range. Both public functions dispatch here:
     ``length_scaled_attention`` (``params.window_size is None``) runs the same kernels without the
     local branch."""
-    if q.dtype not in _DTYPES:
-        return f"q dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _dim_ok(v_pool.shape[-1]):
-        return f"v_dim {v_pool.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
+    b, h, w, heads, _ = q.shape
+    reason = refusal([("q", q), ("pool_bias", pool_bias), ("local_bias", local_bias),
+                      ("query_embedding", query_embedding), ("temperature", temperature),
+                      ("learnable_tokens", learnable_tokens), ("learnable_bias", learnable_bias)],
+                     [("head_dim", q.shape[-1]), ("v_dim", v_pool.shape[-1])], [("batch * heads", b * heads)])
+    if reason is not None:
+        return reason
     if params.window_size is not None and params.window_size > MAX_WINDOW:
         return f"window_size {params.window_size} is not supported (odd, 1 to {MAX_WINDOW})"
-    for name, t in (("pool_bias", pool_bias), ("local_bias", local_bias), ("query_embedding", query_embedding),
-                    ("temperature", temperature), ("learnable_tokens", learnable_tokens),
-                    ("learnable_bias", learnable_bias)):
-        if t is not None and t.dtype not in _DTYPES:
-            return f"{name} dtype {t.dtype} is not supported (float16, bfloat16 or float32)"
-    b, h, w, heads, _ = q.shape
-    if b * heads > 65535:
-        return f"batch * heads = {b * heads} exceeds the 65535 programs of a grid axis"
     if heads * h * w * params.pool_len >= 2**31:
         return f"heads * H * W * P = {heads * h * w * params.pool_len} >= 2**31 (int32 offsets into pool_bias)"
     return None
@@ -142,7 +128,7 @@ def _query_state(Q, QE, TEMP, row, q_ok, y, x, h, HH, WW, P, od,
     """``(q^, ||q||, c, qe, s)``: normalised queries, their norms, the scale
     ``c = softplus(T) log(L_n + P)`` per row, the query embedding and ``s = (q^ + qe) c``."""
     dmask = od < D
-    q = tl.load(Q + row[:, None] * D + od[None, :], mask=q_ok[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    q = load_rows(Q, row, q_ok, od, D).to(tl.float32)
     qn = tl.sqrt(tl.sum(q * q, 1))
     q_hat = q / tl.maximum(qn, 1e-12)[:, None]
     qe = tl.load(QE + h * D + od, mask=dmask, other=0.0).to(tl.float32)
@@ -157,9 +143,9 @@ def _pool_keys(KP, VP, b, h, NH, P, p0, od, ov, D: tl.constexpr, DV: tl.constexp
     pp = p0 + tl.arange(0, BLOCK_P)
     p_ok = pp < P
     prow = (b.to(tl.int64) * P + pp) * NH + h
-    kp = tl.load(KP + prow[:, None] * D + od[None, :], mask=p_ok[:, None] & (od[None, :] < D), other=0.0).to(tl.float32)
+    kp = load_rows(KP, prow, p_ok, od, D).to(tl.float32)
     kp_hat = kp / tl.maximum(tl.sqrt(tl.sum(kp * kp, 1)), 1e-12)[:, None]
-    vp = tl.load(VP + prow[:, None] * DV + ov[None, :], mask=p_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    vp = load_rows(VP, prow, p_ok, ov, DV)
     return pp, p_ok, prow, kp_hat, vp
 
 
@@ -190,7 +176,6 @@ def _fwd_kernel(
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
     dmask = od < D
-    vmask = ov < DV
     q_hat, qn, c, qe, s = _query_state(Q, QE, TEMP, row, q_ok, y, x, h, HH, WW, P, od, D, R, LOCAL)
 
     acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
@@ -202,7 +187,7 @@ def _fwd_kernel(
             xx = x + (l % WS - R)
             inside = q_ok & (yy >= 0) & (yy < HH) & (xx >= 0) & (xx < WW)
             krow = (b.to(tl.int64) * N + yy * WW + xx) * NH + h
-            k = tl.load(K + krow[:, None] * D + od[None, :], mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+            k = load_rows(K, krow, inside, od, D).to(tl.float32)
             a = tl.sum(s * k, 1) / tl.maximum(tl.sqrt(tl.sum(k * k, 1)), 1e-12)
             if HAS_LB:
                 a += tl.load(LB + h * L + l).to(tl.float32)
@@ -218,7 +203,7 @@ def _fwd_kernel(
             xx = x + (l % WS - R)
             inside = q_ok & (yy >= 0) & (yy < HH) & (xx >= 0) & (xx < WW)
             krow = (b.to(tl.int64) * N + yy * WW + xx) * NH + h
-            v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=inside[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+            v = load_rows(V, krow, inside, ov, DV).to(tl.float32)
             w = tl.sum(tl.where(lidx[None, :] == l, w_loc, 0.0), 1)
             acc += w[:, None] * v
             if HAS_LT or HAS_LBIAS:
@@ -243,18 +228,16 @@ def _fwd_kernel(
             pb_off = (h * N + m).to(tl.int64)[:, None] * P + pp[None, :]
             ap += tl.load(PB + pb_off, mask=q_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
         ap = tl.where(p_ok[None, :], ap * 1.4426950408889634, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(ap, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(ap - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vp.dtype), vp, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = softmax_step(ap, m_i, l_i, acc, vp, DOT_PRECISION)
 
+    # softmax_epilogue's arithmetic, written out: the learnable-token term joins between the
+    # normalisation and the store, and through the shared epilogue's tuple the compiler kept up to
+    # 3 more registers (sm_90 bf16, compile gate)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     if LOCAL:
         out += acc_lt
-    tl.store(O + row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & vmask[None, :])
+    store_rows(O, row, q_ok, ov, out, DV)
     tl.store(LSE + row, m_i + tl.log2(l_safe), mask=q_ok)
 
 
@@ -290,9 +273,9 @@ def _bwd_query_kernel(
     dmask = od < D
     vmask = ov < DV
     q_hat, qn, c, qe, s = _query_state(Q, QE, TEMP, row, q_ok, y, x, h, HH, WW, P, od, D, R, LOCAL)
-    do = tl.load(DO + row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & vmask[None, :], other=0.0)
+    do = load_rows(DO, row, q_ok, ov, DV)
     g = do.to(tl.float32)
-    o = tl.load(O + row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+    o = load_rows(O, row, q_ok, ov, DV).to(tl.float32)
     lse = tl.load(LSE + row, mask=q_ok, other=0.0)
     delta = tl.sum(g * o, 1)
 
@@ -316,14 +299,14 @@ def _bwd_query_kernel(
             xx = x + (l % WS - R)
             inside = q_ok & (yy >= 0) & (yy < HH) & (xx >= 0) & (xx < WW)
             krow = (b.to(tl.int64) * N + yy * WW + xx) * NH + h
-            k = tl.load(K + krow[:, None] * D + od[None, :], mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+            k = load_rows(K, krow, inside, od, D).to(tl.float32)
             k_hat = k / tl.maximum(tl.sqrt(tl.sum(k * k, 1)), 1e-12)[:, None]
             a = tl.sum(s * k_hat, 1)
             s_k = tl.where(lidx[None, :] == l, a[:, None], s_k)
             if HAS_LB:
                 a += tl.load(LB + h * L + l).to(tl.float32)
             w = tl.where(inside, tl.exp2(a * 1.4426950408889634 - lse), 0.0)
-            v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=inside[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+            v = load_rows(V, krow, inside, ov, DV).to(tl.float32)
             gv = tl.sum(g * v, 1)  # 0 outside the grid
             wgk += (w * gv)[:, None] * k_hat
             wk += w[:, None] * k_hat
@@ -362,11 +345,8 @@ def _bwd_query_kernel(
         if HAS_PB:
             pb_off = (h * N + m).to(tl.int64)[:, None] * P + pp[None, :]
             ap += tl.load(PB + pb_off, mask=valid, other=0.0).to(tl.float32)
-        wp = tl.where(valid, tl.exp2(ap * 1.4426950408889634 - lse[:, None]), 0.0)
-        dwp = tl.dot(do, tl.trans(vp), input_precision=DOT_PRECISION)
-        dap = wp * (dwp - delta[:, None])
+        ds, wp, dap = dq_step(ap * 1.4426950408889634, valid, lse, delta, do, kp_dot, vp, ds, DOT_PRECISION)
         dc_c += tl.sum(dap * sp, 1)
-        ds += tl.dot(dap.to(kp_dot.dtype), kp_dot, input_precision=DOT_PRECISION)
         dkp = tl.dot(tl.trans(dap.to(s_dot.dtype)), s_dot, input_precision=DOT_PRECISION)  # d k_pool^ [P, D]
         tl.atomic_add(DKP + prow[:, None] * D + od[None, :], dkp, mask=p_ok[:, None] & dmask[None, :])
         dvp = tl.dot(tl.trans(wp.to(do.dtype)), do, input_precision=DOT_PRECISION)
@@ -386,7 +366,7 @@ def _bwd_query_kernel(
     # through q^ = q / max(||q||, eps)
     radial = tl.where(qn > 1e-12, tl.sum(q_hat * dq_hat, 1), 0.0)
     dq = (dq_hat - q_hat * radial[:, None]) / tl.maximum(qn, 1e-12)[:, None]
-    tl.store(DQ + row[:, None] * D + od[None, :], dq.to(DQ.dtype.element_ty), mask=q_ok[:, None] & dmask[None, :])
+    store_rows(DQ, row, q_ok, od, dq, D)
 
 
 @triton.jit
@@ -414,11 +394,10 @@ def _bwd_key_kernel(
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
     dmask = od < D
-    vmask = ov < DV
-    k = tl.load(K + krow[:, None] * D + od[None, :], mask=k_ok[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    k = load_rows(K, krow, k_ok, od, D).to(tl.float32)
     kn = tl.sqrt(tl.sum(k * k, 1))
     k_hat = k / tl.maximum(kn, 1e-12)[:, None]
-    v = tl.load(V + krow[:, None] * DV + ov[None, :], mask=k_ok[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+    v = load_rows(V, krow, k_ok, ov, DV).to(tl.float32)
     dk_hat = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     # a loop, not unrolled: each slot reloads a query state of [BLOCK_M, D] tiles, and unrolling
@@ -434,7 +413,7 @@ def _bwd_key_kernel(
             a += tl.load(LB + h * L + l).to(tl.float32)
         lse = tl.load(LSE + qrow, mask=seen, other=0.0)
         w = tl.where(seen, tl.exp2(a * 1.4426950408889634 - lse), 0.0)
-        g = tl.load(DO + qrow[:, None] * DV + ov[None, :], mask=seen[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+        g = load_rows(DO, qrow, seen, ov, DV).to(tl.float32)
         delta = tl.load(DELTA + qrow, mask=seen, other=0.0)
         da = w * (tl.sum(g * v, 1) - delta)
         dk_hat += da[:, None] * s
@@ -447,8 +426,8 @@ def _bwd_key_kernel(
         dv += t[:, None] * g
     radial = tl.where(kn > 1e-12, tl.sum(k_hat * dk_hat, 1), 0.0)
     dk = (dk_hat - k_hat * radial[:, None]) / tl.maximum(kn, 1e-12)[:, None]
-    tl.store(DK + krow[:, None] * D + od[None, :], dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & dmask[None, :])
-    tl.store(DV_OUT + krow[:, None] * DV + ov[None, :], dv.to(DV_OUT.dtype.element_ty), mask=k_ok[:, None] & vmask[None, :])
+    store_rows(DK, krow, k_ok, od, dk, D)
+    store_rows(DV_OUT, krow, k_ok, ov, dv, DV)
 
 
 # --- host side -----------------------------------------------------------------------------------
@@ -485,31 +464,22 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **self.meta[which], **extra)
-        tuner, tune = None, False
-        if INTERPRETER:
-            config = _autotune.interpreter_config(which)
-        else:
-            config = _autotune.default_config(which, kwargs)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.heads * self.height * self.width)
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, space=_autotune.SPACES[which],
+               rows=self.batch * self.heads * self.height * self.width)
+
 
 def _flags(pool_bias, local_bias, learnable_tokens, learnable_bias) -> dict:
     return dict(HAS_PB=pool_bias is not None, HAS_LB=local_bias is not None, HAS_LT=learnable_tokens is not None,
                 HAS_LBIAS=learnable_bias is not None)
 
 
-def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.contiguous()
-
-
 def aggregated_forward(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_embedding, temperature,
                        learnable_tokens, learnable_bias, window_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, H, W, heads, v_dim] in q's dtype, lse [B, H, W, heads] float32,
     base 2)``. Inputs validated by ``check_aggregated_inputs``, small tensors in q's dtype."""
-    q, k, v, k_pool, v_pool = (_c(t) for t in (q, k, v, k_pool, v_pool))
-    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = (
-        _c(t) for t in (pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias))
+    q, k, v, k_pool, v_pool = contiguous(q, k, v, k_pool, v_pool)
+    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = contiguous(
+        pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)
     run = _Launch(q, v_pool, window_size, _flags(pool_bias, local_bias, learnable_tokens, learnable_bias))
     out = torch.empty((*q.shape[:4], v_pool.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:4], dtype=torch.float32, device=q.device)
@@ -527,9 +497,9 @@ def aggregated_backward(grad_out, q, k, v, k_pool, v_pool, pool_bias, local_bias
     """The backward kernels. Returns the gradients of ``(q, k, v, k_pool, v_pool, pool_bias,
     local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)``, each in its
     input's dtype; None for an absent input, and for pool_bias unless ``pool_bias_grad``."""
-    q, k, v, k_pool, v_pool, out, grad_out = (_c(t) for t in (q, k, v, k_pool, v_pool, out, grad_out))
-    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = (
-        _c(t) for t in (pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias))
+    q, k, v, k_pool, v_pool, out, grad_out = contiguous(q, k, v, k_pool, v_pool, out, grad_out)
+    pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias = contiguous(
+        pool_bias, local_bias, query_embedding, temperature, learnable_tokens, learnable_bias)
     given = (pool_bias, local_bias, learnable_tokens, learnable_bias)
     pool_bias_grad = pool_bias_grad and pool_bias is not None
     run = _Launch(q, v_pool, window_size, _flags(*given))

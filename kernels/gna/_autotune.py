@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import triton
 
-__all__ = ["is_blocked", "size_bucket", "blocked_config", "interpreter_config", "tuned", "configs",
-           "prune", "default_config", "should_tune", "autotune_enabled"]
+from .._triton.autotune import Space, dot_bytes, pow2 as _pow2, smem_limit
+
+__all__ = ["SPACES", "is_blocked", "size_bucket", "blocked_config", "interpreter_config", "configs", "prune"]
 
 Shape = Tuple[int, int, int]
 
@@ -49,19 +49,12 @@ _WARPS = (4, 8)
 # Search axis 4, pipeline stages of the inner loop's loads: 2 hides one block of latency, 3 helps
 # at small head dims where shared memory has room for it.
 _STAGES = (2, 3)
-# Shared-memory cap used in pruning: two inner blocks (k and v, or q and dO) per pipeline stage
-# plus the own tile, at the head dim rounded up to a power of two and 2 B (fp16 / bf16) or 4 B
-# (fp32) per element, must fit 160 KiB, what an A100 grants one program (an H100 228 KiB). The
-# estimate matches Triton 3.8's allocation for the dq kernel (64 x 64 tiles, fp32, head dim 128,
-# 2 stages: 160 KiB, compiled offline for sm_90) and over-counts the forward's (128 KiB there).
-_SMEM_BYTES = 160 * 1024
-# Problems with fewer (batch * heads * positions) than this are not tuned: they are launch-bound,
-# and tuning (a compile per config, first call only) would cost more than it could save.
-_TUNE_MIN_ROWS = 2**18
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))  # tl.dot needs at least 16 rows / columns
+# Shared memory in pruning: two inner blocks (k and v, or q and dO) per pipeline stage plus the
+# own tile, at the head dim rounded up to a power of two and 2 B (fp16 / bf16) or 4 B (fp32) per
+# element, must fit what the device grants one program (``_triton.autotune.smem_limit``: 163 KiB
+# on an A100, 227 KiB on an H100). The estimate matches Triton 3.8's allocation for the dq kernel
+# (64 x 64 tiles, fp32, head dim 128, 2 stages: 160 KiB, compiled offline for sm_90) and
+# over-counts the forward's (128 KiB there).
 
 
 def _config(own: Shape, inner: Shape, num_warps: int, num_stages: int) -> triton.Config:
@@ -70,34 +63,50 @@ def _config(own: Shape, inner: Shape, num_warps: int, num_stages: int) -> triton
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-_RANK_OF: Dict[int, int] = {}  # id(config) -> the rank whose tile lists it was built from
+def _key(c: triton.Config) -> tuple:
+    return tuple(sorted(c.kwargs.items())) + (c.num_warps, c.num_stages)
+
+
+@functools.lru_cache(maxsize=None)
+def _rank_configs(swap: bool) -> Dict[int, Tuple[triton.Config, ...]]:
+    """Per problem rank, the configs built from its tile lists, preferred first."""
+    out = {}
+    for rank in (1, 2, 3):
+        out[rank] = tuple(
+            _config(inner, own, w, s) if swap else _config(own, inner, w, s)
+            for own in _TILES[rank] for inner in (_INNER_DKDV if swap else _INNER)[rank]
+            for w in (_WARPS[::-1] if swap else _WARPS) for s in ((1,) if swap else _STAGES))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _rank_order(swap: bool) -> Dict[int, Dict[tuple, int]]:
+    """Per rank, each of its configs (by value) -> its place in the rank's preference order."""
+    return {rank: {_key(c): i for i, c in enumerate(cs)} for rank, cs in _rank_configs(swap).items()}
 
 
 @functools.lru_cache(maxsize=None)
 def configs(swap: bool = False) -> Tuple[triton.Config, ...]:
-    """The full search space (before pruning), one block per problem rank; ``swap``: the dk/dv
-    kernel (own tile = keys, inner block = queries).
+    """The full search space (before pruning): the configs of every problem rank, each once;
+    ``swap``: the dk/dv kernel (own tile = keys, inner block = queries).
 
     The dk/dv kernel runs unpipelined (``num_stages=1``): with 2 or more stages Triton 3.8's
     ``TritonGPUCoalesceAsyncCopy`` pass fails on its loop (the gathered per-query logsumexp and
     delta loads next to the q / dO tiles; compiled offline for sm_80, sm_90 and sm_100 alike).
     """
-    out = []
-    for rank in (1, 2, 3):
-        for own in _TILES[rank]:
-            for inner in (_INNER_DKDV if swap else _INNER)[rank]:
-                for w in (_WARPS[::-1] if swap else _WARPS):
-                    for s in ((1,) if swap else _STAGES):
-                        config = _config(inner, own, w, s) if swap else _config(own, inner, w, s)
-                        _RANK_OF[id(config)] = rank
-                        out.append(config)
+    seen, out = set(), []
+    for cs in _rank_configs(swap).values():
+        for c in cs:
+            if _key(c) not in seen:
+                seen.add(_key(c))
+                out.append(c)
     return tuple(out)
 
 
-def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[triton.Config]:
-    """Drop the configs that cannot win on this problem:
+def prune(kernel: str, configs: Sequence[triton.Config], args: dict) -> List[triton.Config]:
+    """Drop the configs of ``kernel`` ('fwd', 'dq' or 'dkdv') that cannot win on this problem:
 
-    * configs built for another rank than the problem's (its number of axes after the leading
+    * configs not built for the problem's rank (its number of axes after the leading
       size-1 ones that 1-D / 2-D input gets): a 1-D run tile on a 2-D map loads a halo k times
       taller than itself, a 3-D box on a 2-D map masks most of its lanes;
     * tiles spanning an axis of size 1, or own tiles longer along an axis than the dilation
@@ -110,13 +119,15 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
     1-D run for a 3-D problem with a size-1 middle axis); when they rule out all (tiny inputs), the
     ones with the fewest own lanes that span no size-1 axis.
     """
-    args = {**named_args, **kwargs}
     lengths = [args[f"L{a}"] for a in range(3)]
     dils = [args[f"DIL{a}"] for a in range(3)]
     group = [triton.next_power_of_2(math.ceil(n / d)) for n, d in zip(lengths, dils)]
     head = max(args["D"], args["DV"])
-    elem = 4 if args["DOT_PRECISION"] == "ieee" else 2
+    elem = dot_bytes(args)
+    smem = smem_limit()
     rank = 3 - next((a for a, n in enumerate(lengths) if n > 1), 2)
+    order = _rank_order(kernel == "dkdv")[rank]  # the problem rank's configs, by value
+
     def usable(c: triton.Config) -> bool:
         m = c.kwargs
         own = (m["T0"], m["T1"], m["T2"])
@@ -125,37 +136,20 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
             return False
         if any(t > g for t, g in zip(own, group)):
             return False
-        if (2 * c.num_stages * m["BLOCK_N"] + m["BLOCK_M"]) * _pow2(head) * elem > _SMEM_BYTES:
+        if (2 * c.num_stages * m["BLOCK_N"] + m["BLOCK_M"]) * _pow2(head) * elem > smem:
             return False
         area = m["BLOCK_M"] * m["BLOCK_N"]
         return not ((c.num_warps == 8 and area < 64 * 64) or (c.num_warps == 4 and area > 64 * 128 and head > 64))
 
-    same_rank = [c for c in configs if _RANK_OF.get(id(c)) == rank]
+    same_rank = sorted((c for c in configs if _key(c) in order), key=lambda c: order[_key(c)])
     kept = [c for c in same_rank if usable(c)] or [c for c in configs if usable(c)]
     if kept:
         return kept
     flat = [c for c in configs if not any(n == 1 and (c.kwargs[f"T{a}"] > 1 or c.kwargs[f"U{a}"] > 1)
                                           for a, n in enumerate(lengths))] or list(configs)
-    flat.sort(key=lambda c: _RANK_OF.get(id(c)) != rank)  # the problem's rank first, else stable
+    flat.sort(key=lambda c: (0, order[_key(c)]) if _key(c) in order else (1, 0))  # the problem's rank first
     fewest = min(c.kwargs["BLOCK_M"] for c in flat)
     return [c for c in flat if c.kwargs["BLOCK_M"] == fewest and c.num_warps == 4]
-
-
-def autotune_enabled() -> bool:
-    """``ATTNZOO_GNA_AUTOTUNE=0`` turns autotuning off (every launch takes ``default_config``):
-    for tests and quick runs, where tuning each new pattern (one compile per config) dominates."""
-    return os.environ.get("ATTNZOO_GNA_AUTOTUNE", "1").strip() != "0"
-
-
-def should_tune(rows: int) -> bool:
-    """Whether a launch over ``rows`` = batch * heads * positions goes through the autotuner."""
-    return autotune_enabled() and rows >= _TUNE_MIN_ROWS
-
-
-def default_config(which: str, named_args: dict) -> dict:
-    """The untuned choice: the first config that survives pruning (the preferred shapes come first)."""
-    config = prune(configs(swap=which == "dkdv"), {}, **named_args)[0]
-    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def size_bucket(spatial: Sequence[int]) -> int:
@@ -191,7 +185,8 @@ def blocked_config(kernel: Sequence[int]) -> dict:
 def interpreter_config(rank: int) -> dict:
     """One small fixed tile per rank under TRITON_INTERPRET=1, where every tl op is a numpy call
     and autotuning (which times configs with CUDA events) cannot run: 16 lanes, so a test case
-    costs a few inner steps per tile."""
+    costs a few inner steps per tile. The problem's rank is the input's (``GNAParams.rank``), which
+    the launch arguments do not hold: ``triton.py`` passes this config to the launch itself."""
     own = {1: (1, 1, 16), 2: (1, 4, 4), 3: (2, 2, 4)}[rank]
     return dict(T0=own[0], T1=own[1], T2=own[2], U0=own[0], U1=own[1], U2=own[2],
                 BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
@@ -203,17 +198,10 @@ _KEY = ["size_bucket", "DIL0", "DIL1", "DIL2", "K0", "K1", "K2", "S0", "S1", "S2
         "D", "DV", "HAS_RPB", "RPB_GRAD"]
 
 
-@functools.lru_cache(maxsize=None)
-def _tuned(which: str, kernel):
-    return triton.autotune(
-        configs=list(configs(swap=which == "dkdv")),
-        key=_KEY,
-        prune_configs_by={"early_config_prune": prune},
-        # the dq kernel accumulates d_rpb with atomics: every timed run must start from zero
-        reset_to_zero=["DRPB"] if which == "dq" else None,
-    )(kernel)
-
-
-def tuned(which: str, kernel):
-    """The autotuned launcher of ``kernel`` ('fwd', 'dq' or 'dkdv'), built once per kernel."""
-    return _tuned(which, kernel)
+SPACES: Dict[str, Space] = {
+    which: Space(which, configs(swap=which == "dkdv"), prune, _KEY,
+                 # the dq kernel accumulates d_rpb with atomics: every timed run must start from zero
+                 reset_to_zero=["DRPB"] if which == "dq" else None, env="ATTNZOO_GNA_AUTOTUNE")
+    for which in ("fwd", "dq", "dkdv")
+}
+"""The autotune space of each kernel ('fwd', 'dq', 'dkdv'; ``_triton.autotune.Space``)."""

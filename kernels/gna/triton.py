@@ -40,13 +40,13 @@ imported; Triton decides at decoration time, so the variable must be set before 
 imports triton: the interpreter tests run in a process of their own) the kernels run on the CPU,
 on CPU tensors, with one fixed small tile per rank. On CUDA the tiles, warps and stages are
 autotuned per pattern (``_autotune.py``) for problems of at least 2**18 (batch * heads *
-positions); smaller ones, and every launch under ``ATTNZOO_GNA_AUTOTUNE=0``, take the first
-config that survives pruning. The dk/dv kernel runs with one stage (see ``_autotune.configs``).
+positions); smaller ones, and every launch under ``ATTNZOO_AUTOTUNE=0`` (or
+``ATTNZOO_GNA_AUTOTUNE=0``), take the first config that survives pruning. The dk/dv kernel runs
+with one stage (see ``_autotune.configs``).
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -54,39 +54,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton.flash import softmax_epilogue, softmax_step
+from .._triton.flash import dkdv_step, dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._params import GNAParams
 
 __all__ = ["step_launches", "can_run_triton", "INTERPRETER"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-# The reverse mix cannot run: triton imported under the interpreter (its library functions are
-# interpreted) but these kernels built for compilation.
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-def _head_dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, params: GNAParams, rpb: Optional[torch.Tensor], scale: float) -> Optional[str]:
     """None when ``gna_triton`` can run these (already validated) inputs, else the reason why not."""
-    if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _head_dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _head_dim_ok(v.shape[-1]):
-        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if rpb is not None and rpb.dtype not in _DTYPES:
-        return f"rpb dtype {rpb.dtype} is not supported (float16, bfloat16 or float32)"
-    if q.shape[0] * q.shape[-2] > 65535:
-        return f"batch * heads = {q.shape[0] * q.shape[-2]} exceeds the 65535 programs of a grid axis"
+    reason = refusal([("q", q), ("rpb", rpb)], [("head_dim", q.shape[-1]), ("v_dim", v.shape[-1])],
+                     [("batch * heads", q.shape[0] * q.shape[-2])])
+    if reason is not None:
+        return reason
     if math.prod(params.spatial) * q.shape[-2] * max(q.shape[-1], v.shape[-1]) >= 2**31:
         return "one batch element has >= 2**31 elements (int32 offsets inside a batch element)"
     return None
@@ -179,24 +163,15 @@ def _rel_term(p0, p1, p2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr):
     return r
 
 
-# --- forward -------------------------------------------------------------------------------------
-
 @triton.jit
-def _gna_fwd_kernel(
-    Q, K, V, RPB, O, LSE,
-    qk_scale,  # softmax scale * log2(e)
-    H, L0, L1, L2, DIL0, DIL1, DIL2, size_bucket,  # size_bucket: autotune key only
-    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
-    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
-    C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
-    HAS_RPB: tl.constexpr, WINDOW_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
-    U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
+def _query_tile(pid, bh, H, L0, L1, L2, DIL0, DIL1, DIL2,
+                K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+                S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+                C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+                T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The query tile of program ``(pid, bh)`` in the forward and dq kernels: its rows, the key
+    window of each query and the halo box of the whole tile. Returns ``(h, base, q_ok, q_row,
+    q_rel, (g0, g1, g2), (ws0, we0, ws1, we1, ws2, we2), (hs0, he0, hs1, he1, hs2, he2))``."""
     b = bh // H
     h = bh % H
     n_tok = L0 * L1 * L2
@@ -226,45 +201,95 @@ def _gna_fwd_kernel(
     _, he1 = _window(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, K1, S1, C1)
     _, he2 = _window(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, K2, S2, C2)
 
-    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
     q_rel = _rel_term(j0, j1, j2, K0, K1, K2) - _rel_term(K0 - 1, K1 - 1, K2 - 1, K0, K1, K2)
     base = b.to(tl.int64) * n_tok * H + h  # row of (b, token 0, h) in the [B * tokens * H] row space
     q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
+    return (h, base, q_ok, q_row, q_rel, (g0, g1, g2), (ws0, we0, ws1, we1, ws2, we2),
+            (hs0, he0, hs1, he1, hs2, he2))
+
+
+@triton.jit
+def _key_block(kb, nb1, nb2, base, g, halo, H, L1, L2, DIL0, DIL1, DIL2,
+               U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key block ``kb`` of a query tile's halo (``nb1 x nb2`` blocks per outer index): each lane's
+    key coordinates ``i0, i1, i2``, whether it is a key of the halo, and its row."""
+    g0, g1, g2 = g
+    hs0, he0, hs1, he1, hs2, he2 = halo
+    n = tl.arange(0, BLOCK_N)
+    i0 = hs0 + (kb // (nb2 * nb1)) * U0 + n // (U1 * U2)
+    i1 = hs1 + ((kb // nb2) % nb1) * U1 + (n // U2) % U1
+    i2 = hs2 + (kb % nb2) * U2 + n % U2
+    k_ok = (n < U0 * U1 * U2) & (i0 < he0) & (i1 < he1) & (i2 < he2)
+    k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
+    return i0, i1, i2, k_ok, k_row
+
+
+@triton.jit
+def _scores(q, k, qk_scale, mask, i0, i1, i2, win, q_rel, RPB, h,
+            K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+            T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+            HAS_RPB: tl.constexpr, WINDOW_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The base-2 scores ``[queries, keys]`` of a query tile and a key block with the bias
+    added, and ``mask`` narrowed to the in-window pairs; ``rel``: each pair's rpb offset."""
+    ws0, we0, ws1, we1, ws2, we2 = win
+    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if WINDOW_MASK:
+        mask = _and_window(mask, i0, ws0, we0, K0, T0, True)
+        mask = _and_window(mask, i1, ws1, we1, K1, T1, True)
+        mask = _and_window(mask, i2, ws2, we2, K2, T2, True)
+    rel = q_rel
+    if HAS_RPB:
+        rel = _rel_term(i0, i1, i2, K0, K1, K2)[None, :] - q_rel[:, None]
+        s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    return s, mask, rel
+
+
+# --- forward -------------------------------------------------------------------------------------
+
+@triton.jit
+def _gna_fwd_kernel(
+    Q, K, V, RPB, O, LSE,
+    qk_scale,  # softmax scale * log2(e)
+    H, L0, L1, L2, DIL0, DIL1, DIL2, size_bucket,  # size_bucket: autotune key only
+    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+    C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+    HAS_RPB: tl.constexpr, WINDOW_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+    U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    q_tile = _query_tile(tl.program_id(0), tl.program_id(1), H, L0, L1, L2, DIL0, DIL1, DIL2,
+                         K0, K1, K2, S0, S1, S2, C0, C1, C2, T0, T1, T2, BLOCK_M)
+    h, base, q_ok, q_row, q_rel, g, win, halo = q_tile
+    hs0, he0, hs1, he1, hs2, he2 = halo
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
 
-    n = tl.arange(0, BLOCK_N)
     nb0 = (he0 - hs0 + U0 - 1) // U0
     nb1 = (he1 - hs1 + U1 - 1) // U1
     nb2 = (he2 - hs2 + U2 - 1) // U2
     for kb in range(0, nb0 * nb1 * nb2):
-        i0 = hs0 + (kb // (nb2 * nb1)) * U0 + n // (U1 * U2)
-        i1 = hs1 + ((kb // nb2) % nb1) * U1 + (n // U2) % U1
-        i2 = hs2 + (kb % nb2) * U2 + n % U2
-        k_ok = (n < U0 * U1 * U2) & (i0 < he0) & (i1 < he1) & (i2 < he2)
-        k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
-        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        mask = k_ok[None, :] & (m[:, None] >= 0)
-        if WINDOW_MASK:
-            mask = _and_window(mask, i0, ws0, we0, K0, T0, True)
-            mask = _and_window(mask, i1, ws1, we1, K1, T1, True)
-            mask = _and_window(mask, i2, ws2, we2, K2, T2, True)
-        if HAS_RPB:
-            rel = _rel_term(i0, i1, i2, K0, K1, K2)[None, :] - q_rel[:, None]
-            s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+        i0, i1, i2, k_ok, k_row = _key_block(kb, nb1, nb2, base, g, halo, H, L1, L2, DIL0, DIL1, DIL2,
+                                             U0, U1, U2, BLOCK_N)
+        k = load_rows(K, k_row, k_ok, od, D)
+        v = load_rows(V, k_row, k_ok, ov, DV)
+        mask = k_ok[None, :] & (tl.arange(0, BLOCK_M)[:, None] >= 0)  # [queries, keys]
+        s, mask, _ = _scores(q, k, qk_scale, mask, i0, i1, i2, win, q_rel, RPB, h, K0, K1, K2, T0, T1, T2,
+                             HAS_RPB, WINDOW_MASK, DOT_PRECISION)
         if WINDOW_MASK or (U0 * U1 * U2 != BLOCK_N):
             s = tl.where(mask, s, float("-inf"))
         m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
     out, lse = softmax_epilogue(m_i, l_i, acc)
-    tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
+    store_rows(O, q_row, q_ok, ov, out, DV)
     tl.store(LSE + q_row, lse, mask=q_ok)
 
 
@@ -285,78 +310,36 @@ def _gna_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Per query tile: dq = scale * sum_keys dS k, and d_rpb += dS (atomics), dS = P (dP - delta)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    n_tok = L0 * L1 * L2
-    nt2 = _tiles_along(L2, DIL2, T2)
-    nt1 = _tiles_along(L1, DIL1, T1)
-    g0, t0, glen0 = _tile_of_axis(pid // (nt2 * nt1), L0, DIL0, T0)
-    g1, t1, glen1 = _tile_of_axis((pid // nt2) % nt1, L1, DIL1, T1)
-    g2, t2, glen2 = _tile_of_axis(pid % nt2, L2, DIL2, T2)
-
-    m = tl.arange(0, BLOCK_M)
-    j0 = t0 * T0 + m // (T1 * T2)
-    j1 = t1 * T1 + (m // T2) % T1
-    j2 = t2 * T2 + m % T2
-    q_ok = (m < T0 * T1 * T2) & (j0 < glen0) & (j1 < glen1) & (j2 < glen2)
-    j0 = tl.minimum(j0, glen0 - 1)
-    j1 = tl.minimum(j1, glen1 - 1)
-    j2 = tl.minimum(j2, glen2 - 1)
-    ws0, we0 = _window(j0, glen0, K0, S0, C0)
-    ws1, we1 = _window(j1, glen1, K1, S1, C1)
-    ws2, we2 = _window(j2, glen2, K2, S2, C2)
-    hs0, _ = _window(tl.minimum(t0 * T0, glen0 - 1), glen0, K0, S0, C0)
-    hs1, _ = _window(tl.minimum(t1 * T1, glen1 - 1), glen1, K1, S1, C1)
-    hs2, _ = _window(tl.minimum(t2 * T2, glen2 - 1), glen2, K2, S2, C2)
-    _, he0 = _window(tl.minimum(t0 * T0 + T0 - 1, glen0 - 1), glen0, K0, S0, C0)
-    _, he1 = _window(tl.minimum(t1 * T1 + T1 - 1, glen1 - 1), glen1, K1, S1, C1)
-    _, he2 = _window(tl.minimum(t2 * T2 + T2 - 1, glen2 - 1), glen2, K2, S2, C2)
-
-    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
-    q_rel = _rel_term(j0, j1, j2, K0, K1, K2) - _rel_term(K0 - 1, K1 - 1, K2 - 1, K0, K1, K2)
-    base = b.to(tl.int64) * n_tok * H + h
-    q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
+    q_tile = _query_tile(tl.program_id(0), tl.program_id(1), H, L0, L1, L2, DIL0, DIL1, DIL2,
+                         K0, K1, K2, S0, S1, S2, C0, C1, C2, T0, T1, T2, BLOCK_M)
+    h, base, q_ok, q_row, q_rel, g, win, halo = q_tile
+    hs0, he0, hs1, he1, hs2, he2 = halo
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-    do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
+    do = load_rows(DO, q_row, q_ok, ov, DV)
     lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
 
-    n = tl.arange(0, BLOCK_N)
+    TABLE: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)  # rpb entries per head
     nb0 = (he0 - hs0 + U0 - 1) // U0
     nb1 = (he1 - hs1 + U1 - 1) // U1
     nb2 = (he2 - hs2 + U2 - 1) // U2
     for kb in range(0, nb0 * nb1 * nb2):
-        i0 = hs0 + (kb // (nb2 * nb1)) * U0 + n // (U1 * U2)
-        i1 = hs1 + ((kb // nb2) % nb1) * U1 + (n // U2) % U1
-        i2 = hs2 + (kb % nb2) * U2 + n % U2
-        k_ok = (n < U0 * U1 * U2) & (i0 < he0) & (i1 < he1) & (i2 < he2)
-        k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
-        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        i0, i1, i2, k_ok, k_row = _key_block(kb, nb1, nb2, base, g, halo, H, L1, L2, DIL0, DIL1, DIL2,
+                                             U0, U1, U2, BLOCK_N)
+        k = load_rows(K, k_row, k_ok, od, D)
+        v = load_rows(V, k_row, k_ok, ov, DV)
         # invalid query lanes carry lse = 0 and would give huge p: mask them too
         mask = q_ok[:, None] & k_ok[None, :]
-        if WINDOW_MASK:
-            mask = _and_window(mask, i0, ws0, we0, K0, T0, True)
-            mask = _and_window(mask, i1, ws1, we1, K1, T1, True)
-            mask = _and_window(mask, i2, ws2, we2, K2, T2, True)
-        if HAS_RPB:
-            rel = _rel_term(i0, i1, i2, K0, K1, K2)[None, :] - q_rel[:, None]
-            s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        s, mask, rel = _scores(q, k, qk_scale, mask, i0, i1, i2, win, q_rel, RPB, h, K0, K1, K2, T0, T1, T2,
+                               HAS_RPB, WINDOW_MASK, DOT_PRECISION)
+        dq, p, ds = dq_step(s, mask, lse, delta, do, k, v, dq, DOT_PRECISION)
         if RPB_GRAD:
             tl.atomic_add(DRPB + h * TABLE + rel, ds, mask=mask)
 
-    tl.store(DQ + q_row[:, None] * D + od[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=q_ok[:, None] & (od[None, :] < D))
+    store_rows(DQ, q_row, q_ok, od, dq * scale, D)
 
 
 @triton.jit
@@ -404,8 +387,8 @@ def _gna_bwd_dkdv_kernel(
     k_row = base + (((g0 + DIL0 * i0) * L1 + g1 + DIL1 * i1) * L2 + g2 + DIL2 * i2) * H
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-    v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    k = load_rows(K, k_row, k_ok, od, D)
+    v = load_rows(V, k_row, k_ok, ov, DV)
     dk = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
 
@@ -419,8 +402,8 @@ def _gna_bwd_dkdv_kernel(
         j2 = qs2 + (qb % nb2) * U2 + n % U2
         q_ok = (n < U0 * U1 * U2) & (j0 < qe0) & (j1 < qe1) & (j2 < qe2)
         q_row = base + (((g0 + DIL0 * j0) * L1 + g1 + DIL1 * j1) * L2 + g2 + DIL2 * j2) * H
-        q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-        do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        q = load_rows(Q, q_row, q_ok, od, D)
+        do = load_rows(DO, q_row, q_ok, ov, DV)
         lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
         delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
         s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [keys, queries]
@@ -435,16 +418,10 @@ def _gna_bwd_dkdv_kernel(
         if HAS_RPB:
             rel = k_rel[:, None] - _rel_term(j0, j1, j2, K0, K1, K2)[None, :]
             s += tl.load(RPB + h * TABLE + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
-        p = tl.where(mask, tl.exp2(s - lse[None, :]), 0.0)
-        dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[None, :])
-        dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
+        dk, dv = dkdv_step(s, mask, lse, delta, q, do, v, dk, dv, DOT_PRECISION)
 
-    tl.store(DK + k_row[:, None] * D + od[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=k_ok[:, None] & (od[None, :] < D))
-    tl.store(DV_OUT + k_row[:, None] * DV + ov[None, :], dv.to(DV_OUT.dtype.element_ty),
-             mask=k_ok[:, None] & (ov[None, :] < DV))
+    store_rows(DK, k_row, k_ok, od, dk * scale, D)
+    store_rows(DV_OUT, k_row, k_ok, ov, dv, DV)
 
 
 # --- host side -----------------------------------------------------------------------------------
@@ -492,16 +469,13 @@ class _Launch:
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        tuner, tune = None, False
+        config = None  # the kernel's autotune space chooses (own tile = keys in the dk/dv kernel)
         if self.blocked:
             config = dict(_autotune.blocked_config(self.kernel), _blocked=True)
         elif INTERPRETER:
             config = _autotune.interpreter_config(self.rank)
-        else:  # own tile = keys, inner blocks = queries in the dk/dv kernel's config
-            config = _autotune.default_config(which, kwargs)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.heads * math.prod(self.spatial))
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, config, space=_autotune.SPACES[which],
+               rows=self.batch * self.heads * math.prod(self.spatial))
 
 
 _KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_dkdv_kernel}
@@ -510,8 +484,7 @@ _KERNELS = {"fwd": _gna_fwd_kernel, "dq": _gna_bwd_dq_kernel, "dkdv": _gna_bwd_d
 def gna_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
                 params: GNAParams, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, *spatial, H, Dv], lse [B, *spatial, H] fp32, base 2)``."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    rpb_c = rpb.contiguous() if rpb is not None else None
+    q, k, v, rpb_c = contiguous(q, k, v, rpb)
     run = _Launch(q, v, params, rpb is not None, scale)
     out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
@@ -524,8 +497,7 @@ def gna_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
                  rpb: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor, params: GNAParams,
                  scale: float, rpb_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """The two backward kernels: ``(dq, dk, dv, drpb)``; drpb is None unless ``rpb_grad``."""
-    q, k, v, out, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), grad_out.contiguous()
-    rpb = rpb.contiguous() if rpb is not None else None
+    q, k, v, out, grad_out, rpb = contiguous(q, k, v, out, grad_out, rpb)
     rpb_grad = rpb_grad and rpb is not None
     run = _Launch(q, v, params, rpb is not None, scale)
     delta = (grad_out.float() * out.float()).sum(-1)  # [B, *spatial, H]

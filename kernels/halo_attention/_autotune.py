@@ -1,6 +1,6 @@
 """Block configurations of the halo_attention Triton kernels: the packing rule, the autotune
 search space and its pruning, and the fixed blocks used where nothing is tuned (small problems,
-``ATTNZOO_HALO_AUTOTUNE=0``, Triton's interpreter).
+``ATTNZOO_AUTOTUNE=0``, Triton's interpreter).
 
 Meta-parameters of both kernels (``triton.py``): ``BLOCK_M`` own query lanes, ``BLOCK_N`` key
 lanes per inner step (whole rows of the ``win x win`` key window, ``WINP = next_pow2(win)``
@@ -10,13 +10,13 @@ those, the query block and the window (``packing``).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Dict, List, Sequence
 
 import triton
 
-__all__ = ["packing", "window_lanes", "bwd_block_m", "configs", "prune", "default_config", "interpreter_config",
-           "should_tune", "autotune_enabled", "tuned", "MAX_WINDOW"]
+from .._triton.autotune import Space, dot_bytes, pow2 as _pow2, smem_limit
+
+__all__ = ["SPACES", "packing", "window_lanes", "bwd_block_m", "configs", "prune", "MAX_WINDOW"]
 
 MAX_WINDOW = 64
 """Largest window side (``block_size + 2 * halo_size``) the kernels take: one window row must fit
@@ -54,10 +54,6 @@ def bwd_block_m(query_block: int) -> int:
     return min(max(16, triton.next_power_of_2(query_block * query_block)), 64)
 
 
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 # Own blocks: 16 lanes hold a strided halonet block (4x4 queries) or pack 4 blocks of 2x2; 64 a
 # whole 8x8 block (halonet's block_size); 128 packs two of them.
 _OWN = (16, 32, 64, 128)
@@ -65,11 +61,9 @@ _OWN = (16, 32, 64, 128)
 _INNER = (16, 32, 64)
 _WARPS = (4, 8)
 _STAGES = (1, 2)
-# Shared-memory cap in pruning, as routed's: two inner blocks (k and v) per stage plus the own
-# block, at the head dim rounded to a power of two, within what an A100 grants (160 KiB).
-_SMEM_BYTES = 160 * 1024
-# Problems with fewer (batch * heads * queries) rows than this are launch-bound: not tuned.
-_TUNE_MIN_ROWS = 2**18
+# Shared memory in pruning, as routed's: two inner blocks (k and v) per stage plus the own block,
+# at the head dim rounded to a power of two, within what the device grants one program
+# (``_triton.autotune.smem_limit``).
 
 
 def _config(own: int, inner: int, warps: int, stages: int) -> triton.Config:
@@ -84,8 +78,8 @@ def configs(which: str = "fwd") -> tuple:
     return tuple(_config(o, i, w, s) for o in _OWN for i in _INNER for w in _WARPS for s in stages)
 
 
-def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[triton.Config]:
-    """Drop the configs that cannot run or cannot win:
+def prune(kernel: str, configs: Sequence[triton.Config], args: dict) -> List[triton.Config]:
+    """Drop the configs of ``kernel`` ('fwd' or 'bwd') that cannot run or cannot win:
 
     * key steps narrower than one window row (cannot run: a step holds whole rows);
     * in the backward, own blocks other than ``bwd_block_m`` (the partial buffers are sized by it);
@@ -97,13 +91,13 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
 
     Never empty: the narrowest config that can run survives when every one is ruled out.
     """
-    args = {**named_args, **kwargs}
     qb = args["BQ"] * args["BQ"]
     win = args["WIN"]
     wl = window_lanes(win)
     head = max(args["D"], args["DV"])
-    elem = 4 if args["DOT_PRECISION"] == "ieee" else 2
-    backward = "DRH" in args
+    elem = dot_bytes(args)
+    smem = smem_limit()
+    backward = kernel == "bwd"
 
     def runnable(c: triton.Config) -> bool:
         if c.kwargs["BLOCK_N"] < wl:
@@ -116,7 +110,7 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
             return False
         if inner > max(wl, _pow2(win * win)):
             return False
-        if (2 * c.num_stages * inner + own) * _pow2(head) * elem > _SMEM_BYTES:
+        if (2 * c.num_stages * inner + own) * _pow2(head) * elem > smem:
             return False
         area = own * inner
         if backward and head >= 64:  # five [own, d] accumulators: 8 warps halve each thread's share
@@ -128,22 +122,11 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
     return kept or [min(can, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps, c.num_stages))]
 
 
-def autotune_enabled() -> bool:
-    """``ATTNZOO_HALO_AUTOTUNE=0`` turns autotuning off (every launch takes ``default_config``)."""
-    return os.environ.get("ATTNZOO_HALO_AUTOTUNE", "1").strip() != "0"
-
-
-def should_tune(rows: int) -> bool:
-    """Whether a launch over ``rows`` = batch * heads * queries goes through the autotuner."""
-    return autotune_enabled() and rows >= _TUNE_MIN_ROWS
-
-
-def default_config(which: str, named_args: dict) -> dict:
+def _choose(which: str, kept: List[triton.Config], named_args: dict) -> triton.Config:
     """The untuned choice among the configs that survive pruning: whole query blocks of up to 64
     queries (``bwd_block_m``: each program reads its window once), key steps of 32 lanes or one
     window row if wider (two rows of halonet's 10-14 wide windows), 4 warps, the most stages;
     the nearest surviving config otherwise."""
-    kept = prune(configs(which), {}, **named_args)
     own = bwd_block_m(named_args["BQ"])
     # the backward keeps more live tiles (dq, dk, dv partials, the relative logits' gradients):
     # one window row per key step and, at head dims of 64, 8 warps keep it below the register
@@ -151,27 +134,24 @@ def default_config(which: str, named_args: dict) -> dict:
     backward = which == "bwd"
     inner = window_lanes(named_args["WIN"]) if backward else max(32, window_lanes(named_args["WIN"]))
     warps = 8 if backward and max(named_args["D"], named_args["DV"]) >= 64 else 4
-    config = min(kept, key=lambda c: (abs(c.kwargs["BLOCK_M"] - own), abs(c.kwargs["BLOCK_N"] - inner),
-                                      c.num_warps != warps, -c.num_stages))
-    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    return min(kept, key=lambda c: (abs(c.kwargs["BLOCK_M"] - own), abs(c.kwargs["BLOCK_N"] - inner),
+                                    c.num_warps != warps, -c.num_stages))
 
 
-def interpreter_config(which: str, query_block: int, window: int) -> dict:
+def _interpreter_config(args: dict) -> dict:
     """Under TRITON_INTERPRET=1 (every tl op a numpy call, no timing possible, the cost is per op
     more than per lane): the backward's own block (``bwd_block_m``) in both kernels, and key steps
     of 32 lanes (two rows of halonet's 14-wide windows) or one window row if wider."""
-    return dict(BLOCK_M=bwd_block_m(query_block), BLOCK_N=max(32, window_lanes(window)), num_warps=1, num_stages=1)
+    return dict(BLOCK_M=bwd_block_m(args["BQ"]), BLOCK_N=max(32, window_lanes(args["WIN"])), num_warps=1, num_stages=1)
 
 
 # Everything the best blocks depend on; tensor dtypes are appended to the key by Triton itself.
 _KEY = ["BQ", "WIN", "D", "DV", "DOT_PRECISION"]
 
 
-@functools.lru_cache(maxsize=None)
-def _tuned(which: str, kernel):
-    return triton.autotune(configs=list(configs(which)), key=_KEY, prune_configs_by={"early_config_prune": prune})(kernel)
-
-
-def tuned(which: str, kernel):
-    """The autotuned launcher of ``kernel`` ('fwd' or 'bwd'), built once per kernel."""
-    return _tuned(which, kernel)
+SPACES: Dict[str, Space] = {
+    which: Space(which, configs(which), prune, _KEY, _interpreter_config, choose=_choose,
+                 env="ATTNZOO_HALO_AUTOTUNE")
+    for which in ("fwd", "bwd")
+}
+"""The autotune space of each kernel ('fwd', 'bwd'; ``_triton.autotune.Space``)."""

@@ -54,9 +54,10 @@ Structure (flash-attention style):
 
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
 imported, which must come before the process imports triton) the kernels run on the CPU, on CPU
-tensors, with one fixed block configuration; tests use that. On CUDA the block sizes, warps and stages are
-autotuned (``_autotune.py``; ``ATTNZOO_HALO_AUTOTUNE=0``: the default config) for problems of at
-least 2**18 (batch * heads * queries); smaller ones take the default config.
+tensors, with one fixed block configuration; tests use that. On CUDA the block sizes, warps and
+stages are autotuned (``_autotune.py``; ``ATTNZOO_AUTOTUNE=0`` or ``ATTNZOO_HALO_AUTOTUNE=0``: the
+default config) for problems of at least 2**18 (batch * heads * queries); smaller ones take the
+default config.
 
 Precision: float32 inputs use IEEE dot products (no TF32); float16 / bfloat16 inputs feed
 ``tl.dot`` in their own dtype (P and dS rounded to it for the P V, dS K, dS^T Q and P^T dO
@@ -65,7 +66,6 @@ statistics, dS for the relative gradients and every accumulator are float32.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -74,7 +74,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._triton.flash import softmax_epilogue, softmax_step
+from .._triton.flash import dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import MAX_WINDOW, bwd_block_m, packing, window_lanes
@@ -83,34 +84,18 @@ from .reference import relative_index
 
 __all__ = ["step_launches", "halo_forward", "halo_backward", "relative_tables", "can_run_triton", "INTERPRETER"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-def _head_dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, height_rel, width_rel, params: HaloParams, scale: float) -> Optional[str]:
     """None when ``halo_triton`` can run these (already validated) inputs, else the reason why not."""
-    if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    for name, t in (("height_rel", height_rel), ("width_rel", width_rel)):
-        if t.dtype not in _DTYPES:
-            return f"{name} dtype {t.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _head_dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _head_dim_ok(v.shape[-1]):
-        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
+    reason = refusal([("q", q), ("height_rel", height_rel), ("width_rel", width_rel)],
+                     [("head_dim", q.shape[-1]), ("v_dim", v.shape[-1])], [("batch", k.shape[0])])
+    if reason is not None:
+        return reason
     if params.window > MAX_WINDOW:
         return (f"window block_size + 2 * halo_size = {params.window} is not supported (at most {MAX_WINDOW}: "
                 "one window row per key step)")
-    if k.shape[0] > 65535:
-        return f"batch {k.shape[0]} exceeds the 65535 programs of a grid axis"
     _, h, w, heads, d = k.shape
     nby, nbx = params.num_blocks
     per_batch = max(h * w * heads * max(d, v.shape[-1]),
@@ -175,8 +160,8 @@ def _window_step(K, V, RH, b, step, q_row, q_ok, chead, r, jx, y0, kx, c_ok, HH,
     ky = y0 + jy
     inside = ok & (ky >= 0) & (ky < HH) & (kx >= 0) & (kx < WW)
     k_row = ((b * HH + tl.minimum(tl.maximum(ky, 0), HH - 1)) * WW + tl.minimum(tl.maximum(kx, 0), WW - 1)) * NH + chead
-    k = tl.load(K + k_row[:, None] * D + od[None, :], mask=inside[:, None] & (od[None, :] < D), other=0.0)
-    v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=inside[:, None] & (ov[None, :] < DV), other=0.0)
+    k = load_rows(K, k_row, inside, od, D)
+    v = load_rows(V, k_row, inside, ov, DV)
     rh = tl.load(RH + q_row[:, None] * WIN + jy[None, :], mask=q_ok[:, None] & ok[None, :], other=0.0)
     return k, v, rh, jy, ok
 
@@ -198,7 +183,7 @@ def _halo_fwd_kernel(
     g, q_row, q_ok, gb, tile = _own_lanes(pid, n_groups, BQ * BQ, NH, BQ, NBX, HQ, WQ, b, BLOCK_M, OT, G)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
 
     cg, cgid, chead, r, jx, y0, kx, c_ok = _key_lanes(gb, n_groups, NH, NBX, BS, HALO, WIN, BLOCK_N, WINP, G, ROWS)
     # RW[i, jx(n)]: the same for every step (a step holds whole rows)
@@ -219,7 +204,7 @@ def _halo_fwd_kernel(
         m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
     out, lse = softmax_epilogue(m_i, l_i, acc)
-    tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
+    store_rows(O, q_row, q_ok, ov, out, DV)
     tl.store(LSE + q_row, lse, mask=q_ok)
 
 
@@ -243,8 +228,8 @@ def _halo_bwd_kernel(
     g, q_row, q_ok, gb, tile = _own_lanes(pid, n_groups, QB, NH, BQ, NBX, HQ, WQ, b, BLOCK_M, OT, G)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-    do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
+    do = load_rows(DO, q_row, q_ok, ov, DV)
     lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
 
@@ -266,15 +251,12 @@ def _halo_bwd_kernel(
         mask = q_ok[:, None] & ok[None, :]
         if G > 1:
             mask = mask & (g[:, None] == cg[None, :])
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq, p, ds = dq_step(s, mask, lse, delta, do, k, v, dq, DOT_PRECISION)
         dk_part = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
         dv_part = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
         part_row = part_base + jy * WIN + jx
-        tl.store(DKP + part_row[:, None] * D + od[None, :], dk_part * scale, mask=ok[:, None] & (od[None, :] < D))
-        tl.store(DVP + part_row[:, None] * DV + ov[None, :], dv_part, mask=ok[:, None] & (ov[None, :] < DV))
+        store_rows(DKP, part_row, ok, od, dk_part * scale, D)
+        store_rows(DVP, part_row, ok, ov, dv_part, DV)
         # relative logits: lanes are (row slot, column), slot = packed group * ROWS + row offset
         ds3 = tl.reshape(ds, [BLOCK_M, NSLOT, WINP])
         drw += tl.sum(ds3, 1)
@@ -282,9 +264,9 @@ def _halo_bwd_kernel(
         slot_jy = step * ROWS + slots % ROWS
         tl.store(DRH + q_row[:, None] * WIN + slot_jy[None, :], drh, mask=slot_own & (slot_jy[None, :] < WIN))
 
-    tl.store(DQ + q_row[:, None] * D + od[None, :], dq * scale, mask=q_ok[:, None] & (od[None, :] < D))
+    store_rows(DQ, q_row, q_ok, od, dq * scale, D)
     wj = tl.arange(0, WINP)
-    tl.store(DRW + q_row[:, None] * WIN + wj[None, :], drw, mask=q_ok[:, None] & (wj[None, :] < WIN))
+    store_rows(DRW, q_row, q_ok, wj, drw, WIN)
 
 
 # --- host side -----------------------------------------------------------------------------------
@@ -327,20 +309,15 @@ class _Launch:
         return triton.cdiv(self.bq * self.bq, min(self.bq * self.bq, block_m))
 
     def grid(self, meta) -> Tuple[int, int]:
-        p = packing(self.bq, self.window, meta["BLOCK_M"], meta["BLOCK_N"])
-        return (triton.cdiv(self.n_groups, p["G"]) * self.tiles(meta["BLOCK_M"]), self.batch)
+        """Programs: per batch element, the query tiles of each block of ``G`` packed groups (``G``
+        and the own queries per group ``OT`` as the kernel's packing heuristic chose them)."""
+        return (triton.cdiv(self.n_groups, meta["G"]) * triton.cdiv(self.bq * self.bq, meta["OT"]), self.batch)
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        tuner, tune = None, False
-        if INTERPRETER:
-            config = _autotune.interpreter_config(which, self.bq, self.window)
-        else:
-            named = dict(kwargs, DRH=None) if which == "bwd" else kwargs
-            config = _autotune.default_config(which, named)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.heads * self.runtime["HQ"] * self.runtime["WQ"])
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, space=_autotune.SPACES[which],
+               rows=self.batch * self.heads * self.runtime["HQ"] * self.runtime["WQ"])
+
 
 def _rel_rows(table: torch.Tensor, bq: int, window: int) -> torch.Tensor:
     """``[bq, win, d]`` float32: the table row of each (query index, window index) pair of one axis."""
@@ -389,7 +366,7 @@ def _fold_windows(part: torch.Tensor, spatial: Tuple[int, int], block_size: int,
 def halo_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
                  block_size: int, halo_size: int, query_stride: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, H/s, W/s, heads, v_dim], lse [B, H/s, W/s, heads] fp32, base 2)``."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = contiguous(q, k, v)
     out = torch.empty((*q.shape[:4], v.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:4], dtype=torch.float32, device=q.device)
     if out.numel():
@@ -404,7 +381,7 @@ def halo_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   query_stride: int, scale: float) -> Tuple[torch.Tensor, ...]:
     """The backward kernel and its PyTorch epilogue: ``(dq, dk, dv, d_height_rel, d_width_rel)`` in
     the dtypes of their inputs."""
-    q, k, v, out, grad_out, lse = (t.contiguous() for t in (q, k, v, out, grad_out, lse))
+    q, k, v, out, grad_out, lse = contiguous(q, k, v, out, grad_out, lse)
     if not q.numel():
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(height_rel),
                 torch.zeros_like(width_rel))

@@ -1,6 +1,6 @@
 """Block configurations of the routed_attention Triton kernels: the packing rule, the autotune
 search space and its pruning, and the fixed blocks used where nothing is tuned (small problems,
-``ATTNZOO_ROUTED_AUTOTUNE=0``, Triton's interpreter).
+``ATTNZOO_AUTOTUNE=0``, Triton's interpreter).
 
 Meta-parameters of every kernel (``triton.py``): ``BLOCK_M`` own lanes (queries in the forward
 and dq kernels, keys in the dk/dv kernel), ``BLOCK_N`` inner lanes per loop step (keys, resp.
@@ -10,13 +10,13 @@ those and the region size (``packing``).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Dict, List, Sequence
 
 import triton
 
-__all__ = ["packing", "configs", "prune", "default_config", "interpreter_config", "should_tune",
-           "autotune_enabled", "tuned"]
+from .._triton.autotune import Space, dot_bytes, pow2 as _pow2, smem_limit
+
+__all__ = ["SPACES", "packing", "configs", "prune"]
 
 
 def packing(tokens: int, block_own: int, block_inner: int, max_slots: int) -> Dict[str, int]:
@@ -39,10 +39,6 @@ def packing(tokens: int, block_own: int, block_inner: int, max_slots: int) -> Di
     return dict(OT=own, G=groups, IT=inner, RG=slots)
 
 
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 # Own blocks: 16 lanes pack 4 groups of BiFormer's 2x2 stage-3 regions; 64 holds a stage-1 8x8
 # region at 224 px whole; 128 amortises the per-program loads of the large regions of detection
 # and segmentation inputs (hundreds of tokens per region).
@@ -51,11 +47,9 @@ _OWN = (16, 32, 64, 128)
 _INNER = (32, 64)
 _WARPS = (4, 8)
 _STAGES = (1, 2)
-# Shared-memory cap in pruning, as gna's: two inner blocks (k and v, or q and dO) per stage plus
-# the own block, at the head dim rounded to a power of two, fit what an A100 grants (160 KiB).
-_SMEM_BYTES = 160 * 1024
-# Problems with fewer (batch * heads * tokens) rows than this are launch-bound: not tuned.
-_TUNE_MIN_ROWS = 2**18
+# Shared memory in pruning, as gna's: two inner blocks (k and v, or q and dO) per stage plus the
+# own block, at the head dim rounded to a power of two, fit what the device grants one program
+# (``_triton.autotune.smem_limit``).
 
 
 def _config(own: int, inner: int, warps: int, stages: int) -> triton.Config:
@@ -71,8 +65,8 @@ def configs(which: str = "fwd") -> tuple:
     return tuple(_config(o, i, w, s) for o in _OWN for i in _INNER for w in _WARPS for s in stages)
 
 
-def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[triton.Config]:
-    """Drop the configs that cannot win:
+def prune(kernel: str, configs: Sequence[triton.Config], args: dict) -> List[triton.Config]:
+    """Drop the configs of ``kernel`` ('fwd', 'dq' or 'dkdv', pruned alike) that cannot win:
 
     * own blocks wider than the region rounded up to a power of two (at least 16): more packed
       groups only widen the block-diagonal score tile, the useful lanes stay the same;
@@ -81,16 +75,16 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
 
     Never empty: the config with the fewest lanes survives when every one is ruled out.
     """
-    args = {**named_args, **kwargs}
     tokens = args["RH"] * args["RW"]
     head = max(args["D"], args["DV"])
-    elem = 4 if args["DOT_PRECISION"] == "ieee" else 2
+    elem = dot_bytes(args)
+    smem = smem_limit()
 
     def usable(c: triton.Config) -> bool:
         own, inner = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
         if own > _pow2(tokens):
             return False
-        if (2 * c.num_stages * inner + own) * _pow2(head) * elem > _SMEM_BYTES:
+        if (2 * c.num_stages * inner + own) * _pow2(head) * elem > smem:
             return False
         area = own * inner
         return not ((c.num_warps == 8 and area < 64 * 64) or (c.num_warps == 4 and area >= 128 * 64 and head > 64))
@@ -99,29 +93,16 @@ def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs) -> List[
     return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
 
 
-def autotune_enabled() -> bool:
-    """``ATTNZOO_ROUTED_AUTOTUNE=0`` turns autotuning off (every launch takes ``default_config``)."""
-    return os.environ.get("ATTNZOO_ROUTED_AUTOTUNE", "1").strip() != "0"
-
-
-def should_tune(rows: int) -> bool:
-    """Whether a launch over ``rows`` = batch * heads * tokens goes through the autotuner."""
-    return autotune_enabled() and rows >= _TUNE_MIN_ROWS
-
-
-def default_config(which: str, tokens: int, head_dim: int, elem: int) -> dict:
-    """The untuned choice: the first config that survives pruning (own blocks smallest first, so
-    the narrowest one that holds a whole small region; 64 keys per step)."""
-    named = dict(RH=tokens, RW=1, D=head_dim, DV=head_dim, DOT_PRECISION="ieee" if elem == 4 else "tf32")
-    kept = prune(configs(which), {}, **named)
-    own = min(_pow2(tokens), 64)
+def _choose(kernel: str, kept: List[triton.Config], args: dict) -> triton.Config:
+    """The untuned choice among the survivors: the narrowest own block that holds a whole small
+    region (at most 64 lanes), 64 keys per step, 4 warps, the most stages."""
+    own = min(_pow2(args["RH"] * args["RW"]), 64)
     best = ([c for c in kept if c.kwargs["BLOCK_M"] == own and c.kwargs["BLOCK_N"] == 64 and c.num_warps == 4]
             or kept)
-    config = max(best, key=lambda c: c.num_stages)
-    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    return max(best, key=lambda c: c.num_stages)
 
 
-def interpreter_config() -> dict:
+def _interpreter_config(args: dict) -> dict:
     """16 x 16 blocks under TRITON_INTERPRET=1, where every tl op is a numpy call and autotuning
     (CUDA events) cannot run: a test case costs a few steps per program, and regions of up to 8
     tokens are packed."""
@@ -131,12 +112,9 @@ def interpreter_config() -> dict:
 # Everything the best blocks depend on; tensor dtypes are appended to the key by Triton itself.
 _KEY = ["RH", "RW", "TOPK", "D", "DV", "DOT_PRECISION"]
 
-
-@functools.lru_cache(maxsize=None)
-def _tuned(which: str, kernel):
-    return triton.autotune(configs=list(configs(which)), key=_KEY, prune_configs_by={"early_config_prune": prune})(kernel)
-
-
-def tuned(which: str, kernel):
-    """The autotuned launcher of ``kernel`` ('fwd', 'dq' or 'dkdv'), built once per kernel."""
-    return _tuned(which, kernel)
+SPACES: Dict[str, Space] = {
+    which: Space(which, configs(which), prune, _KEY, _interpreter_config, choose=_choose,
+                 env="ATTNZOO_ROUTED_AUTOTUNE")
+    for which in ("fwd", "dq", "dkdv")
+}
+"""The autotune space of each kernel ('fwd', 'dq', 'dkdv'; ``_triton.autotune.Space``)."""

@@ -48,12 +48,11 @@ Structure (flash-attention style):
 Under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment when this module is first
 imported, which must come before the process imports triton) the kernels run on the CPU, on CPU
 tensors, with 16-lane blocks; tests use that. On CUDA the block sizes, warps and stages are autotuned
-(``_autotune.py``, ``ATTNZOO_ROUTED_AUTOTUNE=0`` for one default config) for problems of at
-least 2**18 (batch * heads * tokens); smaller ones take the default config.
+(``_autotune.py``, ``ATTNZOO_AUTOTUNE=0`` or ``ATTNZOO_ROUTED_AUTOTUNE=0`` for one default config)
+for problems of at least 2**18 (batch * heads * tokens); smaller ones take the default config.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -61,7 +60,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton.flash import softmax_epilogue, softmax_step
+from .._triton.flash import dkdv_step, dq_step, load_rows, softmax_epilogue, softmax_step, store_rows
+from .._triton.host import INTERPRETER, contiguous, refusal
 from .._triton.launch import launch
 from . import _autotune
 from ._autotune import packing
@@ -69,28 +69,14 @@ from ._params import RoutedParams
 
 __all__ = ["step_launches", "routed_forward", "routed_backward", "reverse_index", "can_run_triton", "INTERPRETER"]
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "") == "1"
-"""Whether the kernels were built for Triton's CPU interpreter: TRITON_INTERPRET=1 in the
-environment when this module was first imported (Triton decides at decoration time)."""
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-def _head_dim_ok(d: int) -> bool:
-    return 16 <= d <= 128 and d % 8 == 0
 
 
 def can_run_triton(q, k, v, params: RoutedParams, scale: float, index: Optional[torch.Tensor]) -> Optional[str]:
     """None when ``routed_triton`` can run these (already validated) inputs, else the reason why not."""
-    if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} is not supported (float16, bfloat16 or float32)"
-    if not _head_dim_ok(q.shape[-1]):
-        return f"head_dim {q.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if not _head_dim_ok(v.shape[-1]):
-        return f"v_dim {v.shape[-1]} is not supported (a multiple of 8 in [16, 128])"
-    if q.shape[0] > 65535:
-        return f"batch {q.shape[0]} exceeds the 65535 programs of a grid axis"
+    reason = refusal([("q", q)], [("head_dim", q.shape[-1]), ("v_dim", v.shape[-1])], [("batch", q.shape[0])])
+    if reason is not None:
+        return reason
     rh, rw = params.region_size
     groups = params.regions * q.shape[-2]
     if groups * rh * rw >= 2**31:
@@ -134,6 +120,21 @@ def _inner_lanes(gb, n_groups, BLOCK_N: tl.constexpr, IT: tl.constexpr, G: tl.co
     return cg, tl.minimum(cgid, n_groups - 1), rem // IT, rem % IT, ok
 
 
+@triton.jit
+def _listed_rows(LIST, slots, step, n_inner, cslot, ctok, c_ok, b, chead, S, RH, RW, NH,
+                 IT: tl.constexpr, RG: tl.constexpr):
+    """The inner lanes' rows at loop ``step``: lane slot ``cslot`` of step ``step // n_inner`` reads
+    its region from ``LIST`` (the routing index row of the query region, or the reverse list of
+    the key region; ``slots`` entries), token ``ctok`` of tile ``step % n_inner``. Returns
+    ``(valid, row)``."""
+    T = RH * RW
+    slot = (step // n_inner) * RG + cslot
+    t = (step % n_inner) * IT + ctok
+    ok = c_ok & (slot < slots) & (t < T)
+    region = tl.load(LIST + slot, mask=ok, other=0)
+    return ok, _rows(b, region, chead, tl.minimum(t, T - 1), S, RH, RW, NH)
+
+
 # --- forward -------------------------------------------------------------------------------------
 
 @triton.jit
@@ -154,7 +155,7 @@ def _routed_fwd_kernel(
     q_row = _rows(b, gid // NH, gid % NH, t, S, RH, RW, NH)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -165,13 +166,10 @@ def _routed_fwd_kernel(
     chead = cgid % NH
     n_inner = (T + IT - 1) // IT
     for step in range(0, ((TOPK + RG - 1) // RG) * n_inner):
-        slot = (step // n_inner) * RG + cslot
-        kt = (step % n_inner) * IT + ctok
-        k_ok = c_ok & (slot < TOPK) & (kt < T)
-        kreg = tl.load(IDX + (b * R + cregion) * TOPK + slot, mask=k_ok, other=0)
-        k_row = _rows(b, kreg, chead, tl.minimum(kt, T - 1), S, RH, RW, NH)
-        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        k_ok, k_row = _listed_rows(IDX + (b * R + cregion) * TOPK, TOPK, step, n_inner, cslot, ctok, c_ok, b, chead,
+                                   S, RH, RW, NH, IT, RG)
+        k = load_rows(K, k_row, k_ok, od, D)
+        v = load_rows(V, k_row, k_ok, ov, DV)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if G > 1:  # packed groups: a row sees its own group's columns only
             mask = k_ok[None, :] & (g[:, None] == cg[None, :])
@@ -181,7 +179,7 @@ def _routed_fwd_kernel(
         m_i, l_i, acc = softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)
 
     out, lse = softmax_epilogue(m_i, l_i, acc)
-    tl.store(O + q_row[:, None] * DV + ov[None, :], out.to(O.dtype.element_ty), mask=q_ok[:, None] & (ov[None, :] < DV))
+    store_rows(O, q_row, q_ok, ov, out, DV)
     tl.store(LSE + q_row, lse, mask=q_ok)
 
 
@@ -206,8 +204,8 @@ def _routed_bwd_dq_kernel(
     q_row = _rows(b, gid // NH, gid % NH, t, S, RH, RW, NH)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-    do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    q = load_rows(Q, q_row, q_ok, od, D)
+    do = load_rows(DO, q_row, q_ok, ov, DV)
     lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
     delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
@@ -217,25 +215,18 @@ def _routed_bwd_dq_kernel(
     chead = cgid % NH
     n_inner = (T + IT - 1) // IT
     for step in range(0, ((TOPK + RG - 1) // RG) * n_inner):
-        slot = (step // n_inner) * RG + cslot
-        kt = (step % n_inner) * IT + ctok
-        k_ok = c_ok & (slot < TOPK) & (kt < T)
-        kreg = tl.load(IDX + (b * R + cregion) * TOPK + slot, mask=k_ok, other=0)
-        k_row = _rows(b, kreg, chead, tl.minimum(kt, T - 1), S, RH, RW, NH)
-        k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-        v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        k_ok, k_row = _listed_rows(IDX + (b * R + cregion) * TOPK, TOPK, step, n_inner, cslot, ctok, c_ok, b, chead,
+                                   S, RH, RW, NH, IT, RG)
+        k = load_rows(K, k_row, k_ok, od, D)
+        v = load_rows(V, k_row, k_ok, ov, DV)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # invalid query lanes carry lse = 0 and would give huge p: mask them too
         mask = q_ok[:, None] & k_ok[None, :]
         if G > 1:
             mask = mask & (g[:, None] == cg[None, :])
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq, p, ds = dq_step(s, mask, lse, delta, do, k, v, dq, DOT_PRECISION)
 
-    tl.store(DQ + q_row[:, None] * D + od[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=q_ok[:, None] & (od[None, :] < D))
+    store_rows(DQ, q_row, q_ok, od, dq * scale, D)
 
 
 @triton.jit
@@ -258,8 +249,8 @@ def _routed_bwd_dkdv_kernel(
     k_row = _rows(b, gid // NH, gid % NH, t, S, RH, RW, NH)
     od = tl.arange(0, BLOCK_D)
     ov = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + k_row[:, None] * D + od[None, :], mask=k_ok[:, None] & (od[None, :] < D), other=0.0)
-    v = tl.load(V + k_row[:, None] * DV + ov[None, :], mask=k_ok[:, None] & (ov[None, :] < DV), other=0.0)
+    k = load_rows(K, k_row, k_ok, od, D)
+    v = load_rows(V, k_row, k_ok, ov, DV)
     dk = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     # the longest list of the program's key regions bounds its loop
@@ -273,29 +264,20 @@ def _routed_bwd_dkdv_kernel(
     count = tl.load(REV_COUNT + b * R + ckreg, mask=c_ok, other=0)
     n_inner = (T + IT - 1) // IT
     for step in range(0, ((most + RG - 1) // RG) * n_inner):
-        slot = (step // n_inner) * RG + cslot
-        qt = (step % n_inner) * IT + ctok
-        q_ok = c_ok & (slot < count) & (qt < T)
-        qreg = tl.load(REV + b * R * TOPK + start + slot, mask=q_ok, other=0)
-        q_row = _rows(b, qreg, chead, tl.minimum(qt, T - 1), S, RH, RW, NH)
-        q = tl.load(Q + q_row[:, None] * D + od[None, :], mask=q_ok[:, None] & (od[None, :] < D), other=0.0)
-        do = tl.load(DO + q_row[:, None] * DV + ov[None, :], mask=q_ok[:, None] & (ov[None, :] < DV), other=0.0)
+        q_ok, q_row = _listed_rows(REV + b * R * TOPK + start, count, step, n_inner, cslot, ctok, c_ok, b, chead,
+                                   S, RH, RW, NH, IT, RG)
+        q = load_rows(Q, q_row, q_ok, od, D)
+        do = load_rows(DO, q_row, q_ok, ov, DV)
         lse = tl.load(LSE + q_row, mask=q_ok, other=0.0)
         delta = tl.load(DELTA + q_row, mask=q_ok, other=0.0)
         s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [keys, queries]
         mask = k_ok[:, None] & q_ok[None, :]
         if G > 1:
             mask = mask & (g[:, None] == cg[None, :])
-        p = tl.where(mask, tl.exp2(s - lse[None, :]), 0.0)
-        dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[None, :])
-        dk += tl.dot(ds.to(q.dtype), q, input_precision=DOT_PRECISION)
+        dk, dv = dkdv_step(s, mask, lse, delta, q, do, v, dk, dv, DOT_PRECISION)
 
-    tl.store(DK + k_row[:, None] * D + od[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=k_ok[:, None] & (od[None, :] < D))
-    tl.store(DV_OUT + k_row[:, None] * DV + ov[None, :], dv.to(DV_OUT.dtype.element_ty),
-             mask=k_ok[:, None] & (ov[None, :] < DV))
+    store_rows(DK, k_row, k_ok, od, dk * scale, D)
+    store_rows(DV_OUT, k_row, k_ok, ov, dv, DV)
 
 
 # --- host side -----------------------------------------------------------------------------------
@@ -339,23 +321,17 @@ class _Launch:
         )
         self.qk_scale = scale * _LOG2E
         self.scale = scale
-        self.elem = q.element_size()
 
     def grid(self, meta) -> Tuple[int, int]:
-        p = packing(self.tokens, meta["BLOCK_M"], meta["BLOCK_N"], 1)
-        per_block = triton.cdiv(self.tokens, p["OT"])
-        return (triton.cdiv(self.n_groups, p["G"]) * per_block, self.batch)
+        """Programs: per batch element, the tiles of each block of ``G`` packed groups (``G`` and
+        the own tokens per group ``OT`` as the kernel's packing heuristic chose them)."""
+        return (triton.cdiv(self.n_groups, meta["G"]) * triton.cdiv(self.tokens, meta["OT"]), self.batch)
 
     def launch(self, which: str, *args, **extra) -> None:
         kwargs = dict(self.runtime, **extra, **self.meta)
-        tuner, tune = None, False
-        if INTERPRETER:
-            config = _autotune.interpreter_config()
-        else:
-            config = _autotune.default_config(which, self.tokens, max(self.meta["D"], self.meta["DV"]), self.elem)
-            tuner = _autotune.tuned(which, _KERNELS[which])
-            tune = _autotune.should_tune(self.batch * self.n_groups * self.tokens)
-        launch(_KERNELS[which], self.grid, args, kwargs, config, tuner=tuner, tune=tune)
+        launch(_KERNELS[which], self.grid, args, kwargs, space=_autotune.SPACES[which],
+               rows=self.batch * self.n_groups * self.tokens)
+
 
 def reverse_index(index: torch.Tensor, regions: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The routing index inverted: for each batch element and key region, the query regions routed
@@ -375,7 +351,7 @@ def reverse_index(index: torch.Tensor, regions: int) -> Tuple[torch.Tensor, torc
 def routed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, num_regions: int,
                    scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: ``(out [B, H, W, heads, v_dim], lse [B, H, W, heads] fp32, base 2)``."""
-    q, k, v, index = q.contiguous(), k.contiguous(), v.contiguous(), index.contiguous()
+    q, k, v, index = contiguous(q, k, v, index)
     out = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     if out.numel():
@@ -388,8 +364,7 @@ def routed_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
                     out: torch.Tensor, lse: torch.Tensor, num_regions: int,
                     scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two backward kernels: ``(dq, dk, dv)`` in the dtypes of q, k, v."""
-    q, k, v, out, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), grad_out.contiguous()
-    index, lse = index.contiguous(), lse.contiguous()
+    q, k, v, out, grad_out, index, lse = contiguous(q, k, v, out, grad_out, index, lse)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)

@@ -336,28 +336,24 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
 
 # --- tile configurations (no kernel runs) --------------------------------------------------------
 
-def _named(h, w, pool, d=24, window=3, which="fwd"):
-    args = dict(HH=h, WW=w, P=pool, D=d, DV=d, WS=window)
-    if which != "bwd_k":
-        args["LOCAL"] = True
-    if which == "bwd_q":
-        args["PB_GRAD"] = True
-    return args
+def _named(h, w, pool, d=24, window=3):
+    return dict(HH=h, WW=w, P=pool, D=d, DV=d, WS=window)
 
 
 @pytest.mark.parametrize("which", ["fwd", "bwd_q", "bwd_k"])
 def test_pruning_fits_the_pooled_length_and_registers(which):
-    kept = _autotune.prune(_autotune.configs(which), {}, **_named(56, 56, 49, which=which))
+    space = _autotune.SPACES[which]
+    kept = space.kept(_named(56, 56, 49))
     assert kept
     assert all(c.kwargs.get("BLOCK_P", 64) <= 64 for c in kept)
-    small = _autotune.prune(_autotune.configs(which), {}, **_named(56, 56, 9, which=which))
+    small = space.kept(_named(56, 56, 9))
     assert all(c.kwargs.get("BLOCK_P", 16) == 16 for c in small)
-    big = _autotune.prune(_autotune.configs(which), {}, **_named(56, 56, 49, d=128, which=which))
+    big = space.kept(_named(56, 56, 49, d=128))
     assert big and all(c.kwargs["BLOCK_M"] * 128 <= 64 * 128 or c.num_warps == 8 for c in big)
 
 
 def test_pruning_of_tiny_maps_keeps_the_fewest_lanes():
-    kept = _autotune.prune(_autotune.configs("fwd"), {}, **_named(2, 3, 1))
+    kept = _autotune.SPACES["fwd"].kept(_named(2, 3, 1))
     assert kept and len({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_P"]) for c in kept}) == 1
 
 
@@ -435,7 +431,7 @@ def test_autotuned_launch_on_gpu(monkeypatch):
     """Large enough to go through the autotuner (batch * heads * positions >= 2**18)."""
     monkeypatch.delenv("ATTNZOO_AGGREGATED_AUTOTUNE")
     case = replace(GPU_CASES["micro-stage1-56x56"], batch=48)
-    assert _autotune.should_tune(case.batch * case.heads * case.height * case.width)
+    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.height * case.width)
     compare(case, torch.float16, seed=1)
 
 

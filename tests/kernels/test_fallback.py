@@ -29,9 +29,11 @@ def broken_kernel(monkeypatch):
     backend_env(monkeypatch, "ATTNZOO_GNA_AUTOTUNE")
     monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     monkeypatch.setattr(fallback, "_FAILED", {})
-    for name in ("interpreter_config", "default_config"):
-        original = getattr(_autotune, name)
-        monkeypatch.setattr(_autotune, name, lambda *a, _f=original, **kw: dict(_f(*a, **kw), BLOCK_M=24))
+    # the interpreter's per-rank tile (passed by gna's launch) and every kernel space's untuned default
+    monkeypatch.setattr(_autotune, "interpreter_config",
+                        lambda *a, _f=_autotune.interpreter_config, **kw: dict(_f(*a, **kw), BLOCK_M=24))
+    for space in _autotune.SPACES.values():
+        monkeypatch.setattr(space, "default_config", lambda args, _f=space.default_config: dict(_f(args), BLOCK_M=24))
 
 
 def _inputs(seed: int, size=(6, 7)):

@@ -279,7 +279,7 @@ def _named(spatial, dilation=(1, 1, 1), d=32, precision="tf32"):
 @pytest.mark.parametrize("which", ["fwd", "dkdv"])
 @pytest.mark.parametrize("spatial,leading_ones", [((1, 1, 4096), 2), ((1, 56, 56), 1), ((16, 32, 32), 0)])
 def test_pruning_keeps_tiles_of_the_problems_rank(which, spatial, leading_ones):
-    kept = _autotune.prune(_autotune.configs(swap=which == "dkdv"), {}, **_named(spatial))
+    kept = _autotune.SPACES[which].kept(_named(spatial))
     assert kept
     for c in kept:
         m = c.kwargs
@@ -291,7 +291,7 @@ def test_pruning_keeps_tiles_of_the_problems_rank(which, spatial, leading_ones):
 
 
 def test_pruning_of_tiny_problems_keeps_the_fewest_lanes():
-    kept = _autotune.prune(_autotune.configs(), {}, **_named((1, 3, 2)))
+    kept = _autotune.SPACES["fwd"].kept(_named((1, 3, 2)))
     assert kept and len({c.kwargs["BLOCK_M"] for c in kept}) == 1
     assert all(c.kwargs["T0"] == 1 and c.kwargs["U0"] == 1 for c in kept)
 
@@ -409,7 +409,7 @@ def test_autotuned_launch_on_gpu(monkeypatch):
     """Large enough to go through the autotuner (batch * heads * positions >= 2**18)."""
     monkeypatch.delenv("ATTNZOO_GNA_AUTOTUNE")
     case = replace(GPU_CASES["na2d-56x56-k7"], batch=16, heads=8)
-    assert _autotune.should_tune(case.batch * case.heads * math.prod(case.spatial))
+    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * math.prod(case.spatial))
     compare(case, torch.float16, seed=1)
 
 

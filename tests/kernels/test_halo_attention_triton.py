@@ -273,20 +273,19 @@ def test_packing(bq, win, own, inner, want):
 @pytest.mark.parametrize("bq,win,head", [(8, 14, 32), (4, 12, 64), (1, 3, 16), (2, 40, 128), (10, 12, 128)])
 def test_pruning_and_default_config(which, bq, win, head):
     named = dict(BQ=bq, WIN=win, D=head, DV=head, DOT_PRECISION="tf32")
-    if which == "bwd":
-        named["DRH"] = None
-    kept = _autotune.prune(_autotune.configs(which), {}, **named)
+    kept = _autotune.SPACES[which].kept(named)
     assert kept and all(c.kwargs["BLOCK_N"] >= _autotune.window_lanes(win) for c in kept)
     assert which != "bwd" or all(c.kwargs["BLOCK_M"] == _autotune.bwd_block_m(bq) and c.num_stages == 1 for c in kept)
-    default = _autotune.default_config(which, named)
+    default = _autotune.SPACES[which].default_config(named)
     assert any(default["BLOCK_M"] == c.kwargs["BLOCK_M"] and default["BLOCK_N"] == c.kwargs["BLOCK_N"] for c in kept)
 
 
 def test_autotune_switch(monkeypatch):
+    space = _autotune.SPACES["fwd"]
     monkeypatch.setenv("ATTNZOO_HALO_AUTOTUNE", "0")
-    assert not _autotune.should_tune(2**30)
+    assert not space.should_tune(2**30)
     monkeypatch.setenv("ATTNZOO_HALO_AUTOTUNE", "1")
-    assert _autotune.should_tune(2**18) and not _autotune.should_tune(2**18 - 1)
+    assert space.should_tune(2**18) and not space.should_tune(2**18 - 1)
 
 
 # --- dispatch ------------------------------------------------------------------------------------
@@ -411,7 +410,7 @@ def test_autotuned_launch_on_gpu(monkeypatch):
     """Large enough to go through the autotuner (batch * heads * queries >= 2**18)."""
     monkeypatch.delenv("ATTNZOO_HALO_AUTOTUNE")
     case = Case(64, 32, 32, 4, 8, 3, head_dim=32, v_dim=32)
-    assert _autotune.should_tune(case.batch * case.heads * case.h * case.w)
+    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.h * case.w)
     compare(case, torch.float16, seed=1)
 
 

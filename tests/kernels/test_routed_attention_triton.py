@@ -297,11 +297,11 @@ def test_packing_caps_region_slots_at_topk():
 @pytest.mark.parametrize("tokens,head", [(1, 32), (4, 32), (64, 32), (361, 128), (1276, 64)])
 def test_pruning_and_default_config(which, tokens, head):
     named = dict(RH=tokens, RW=1, D=head, DV=head, DOT_PRECISION="tf32")
-    kept = _autotune.prune(_autotune.configs(which), {}, **named)
+    kept = _autotune.SPACES[which].kept(named)
     assert kept
     assert all(c.kwargs["BLOCK_M"] <= max(16, 2 ** (tokens - 1).bit_length()) for c in kept)
     assert which != "dkdv" or all(c.num_stages == 1 for c in kept)
-    default = _autotune.default_config(which, tokens, head, 2)
+    default = _autotune.SPACES[which].default_config(named)
     assert default["BLOCK_M"] in (c.kwargs["BLOCK_M"] for c in kept)
 
 
@@ -397,7 +397,7 @@ def test_autotuned_launch_on_gpu(monkeypatch):
     """Large enough to go through the autotuner (batch * heads * tokens >= 2**18)."""
     monkeypatch.delenv("ATTNZOO_ROUTED_AUTOTUNE")
     case = Case(32, 56, 56, 2, 7, 1, head_dim=32, v_dim=32)
-    assert _autotune.should_tune(case.batch * case.heads * case.h * case.w)
+    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.h * case.w)
     compare(case, torch.float16, seed=1)
 
 
