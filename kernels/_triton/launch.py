@@ -5,7 +5,8 @@ Every op's host code ends in ``launch(kernel, grid, args, kwargs, config, tuner=
 ``tuner`` the op's ``triton.autotune`` wrapper of the same kernel and ``tune`` whether this
 problem goes through it. Inside ``aot.compile_session`` nothing runs: the kernel is compiled for
 the session's target instead (``config``, and with ``all_configs`` every config the tuner's pruning
-keeps), which is what makes the compile gate use the launch code itself.
+keeps), which is what makes the compile gate use the launch code itself. While Inductor traces a
+fused op's body (``in_graph``), the launch of ``config`` becomes a node of its graph instead.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import triton
 
-from . import aot
+from . import aot, in_graph
 
 __all__ = ["launch", "is_compiled"]
 
@@ -33,6 +34,9 @@ def launch(kernel, grid: Callable[[dict], tuple], args: tuple, kwargs: dict, con
     session = aot.current_session()
     if session is not None:
         session.launch(kernel, args, kwargs, config, tuner)
+        return
+    if in_graph.active():
+        in_graph.launch_in_graph(kernel, grid, args, kwargs, config)
         return
     if tune and tuner is not None:
         tuner[grid](*args, **kwargs)
