@@ -4,7 +4,8 @@
 
 * the model is built on ``--backend``: ``reference`` for ONNX, pt2 and CPU packages (an ONNX
   graph or a CPU package cannot hold a Triton kernel), ``triton`` for an AOTInductor package on
-  CUDA (the default there: Inductor compiles the ops' Triton kernels into the package,
+  CUDA (the default there: every mixer whose op has Triton kernels is pinned to them,
+  ``pin_triton``, and Inductor compiles those kernels into the package,
   ``kernels/_triton/in_graph.py``; ``--backend reference`` compiles the reference ops
   instead), in ``--dtype``, with ``--pretrained`` weights or a ``--checkpoint`` (a file, a URL
   or ``hf-hub:<org>/<repo>[/<file>]``), as a classifier or with ``--features`` as the
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["add_arguments", "run", "export_model", "build_model", "trace", "write_verified", "ExportReport", "ExportError",
-           "BOUNDS", "verification_points", "resolve_backend", "python_ops"]
+           "BOUNDS", "verification_points", "resolve_backend", "python_ops", "pin_triton"]
 
 FORMATS = ("onnx", "pt2", "aoti")
 DYNAMIC = ("none", "batch", "batch,hw")
@@ -227,6 +228,45 @@ def python_ops(package: str) -> List[str]:
     return sorted(found)
 
 
+def pin_triton(model, example) -> int:
+    """Sets ``backend='triton'`` on every mixer of ``model`` whose op has a Triton backend, found by
+    one eager forward of ``example`` recording which ops each mixer calls; the others (DaViT's
+    channel attention, SHViT's and BiFormer's dense attention: reference only) keep theirs, since
+    an explicit triton backend would refuse them. Returns how many mixers were set."""
+    import torch
+
+    from attnzoo.kernels._dispatch import record_calls
+
+    mixers = [m for m in model.modules() if hasattr(m, "backend")]
+    ops: Dict[int, set] = {id(m): set() for m in mixers}
+    claimed: set = set()
+    with record_calls() as calls:
+        starts: Dict[int, List[int]] = {}
+
+        def before(module, args):
+            starts.setdefault(id(module), []).append(len(calls))
+
+        def after(module, args, out):  # the innermost mixer returns first: it claims its own calls
+            for i in range(starts[id(module)].pop(), len(calls)):
+                if i not in claimed:
+                    claimed.add(i)
+                    ops[id(module)].add(calls[i][0])
+
+        handles = [h for m in mixers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for h in handles:
+                h.remove()
+    pinned = 0
+    for m in mixers:
+        if any("triton" in op.backends for op in ops[id(m)]):
+            m.backend = "triton"
+            pinned += 1
+    return pinned
+
+
 def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: bool, out_indices, dtype, device,
            backend: str = "reference"):
     import timm
@@ -237,7 +277,7 @@ def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: 
 
     if name not in attnzoo.list_models():
         raise ValueError(f"unknown model {name!r}; see attnzoo.list_models()")
-    kwargs = dict(backend=backend)  # reference: the graph holds the reference ops; triton: the fused ops
+    kwargs = dict(backend="reference")  # the graph holds the reference ops (triton: pinned below where an op has kernels)
     if features:
         kwargs.update(features_only=True)
         if out_indices is not None:
@@ -251,7 +291,10 @@ def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: 
     if input_size is None:
         size = attnzoo.get_entry(name).published.img_size
         input_size = (3, size, size)
-    return model.to(device=device, dtype=dtype).eval(), tuple(input_size[1:])
+    model = model.to(device=device, dtype=dtype).eval()
+    if backend == "triton":
+        pin_triton(model, torch.randn(1, *input_size).to(device=device, dtype=dtype))
+    return model, tuple(input_size[1:])
 
 
 def _wrap_outputs(model):
@@ -431,7 +474,8 @@ def _loader(fmt: str, path: Path, device: str):
 def build_model(name: str, *, dtype: str = "float32", pretrained: bool = False, checkpoint: Optional[str] = None,
                 features: bool = False, out_indices: Optional[Sequence[int]] = None, device: str = "cpu",
                 backend: str = "reference"):
-    """``(model, (H, W))``: ``name`` on ``backend`` (reference or triton) in eval mode, in ``dtype`` on
+    """``(model, (H, W))``: ``name`` on ``backend`` (reference; triton: every mixer whose op has
+    Triton kernels, ``pin_triton``) in eval mode, in ``dtype`` on
     ``device``, returning a tuple of NCHW maps with ``features`` (else the logits); and its
     published input size."""
     import torch

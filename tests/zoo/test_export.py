@@ -234,6 +234,19 @@ def test_backend_of_an_export():
             ex.resolve_backend("triton", fmt, device)
 
 
+def test_triton_export_pins_only_mixers_whose_op_has_kernels():
+    """An explicit triton backend would refuse DaViT's channel attention and BiFormer's dense
+    attention (reference only): the triton export pins triton on the other mixers only."""
+    import timm
+
+    for name, want in (("az_davit_tiny", {"WindowAttention2d"}), ("biformer_tiny", {"BiLevelRoutingAttention2d"})):
+        model = timm.create_model(name, backend="reference").eval()
+        assert ex.pin_triton(model, torch.randn(1, 3, 64, 64)) > 0
+        mixers = [m for m in model.modules() if hasattr(m, "backend")]
+        assert {type(m).__name__ for m in mixers if m.backend == "triton"} == want
+        assert any(m.backend == "reference" for m in mixers)
+
+
 # HaloNet's op (halo_attention) traces on symbolic sizes without a guard: its kernels go into a
 # size-dynamic package. gna (NAT) decides on sizes in its host code: in the package at a static
 # size, a call into Python on dynamic sizes (kernels/_triton/in_graph.py).
