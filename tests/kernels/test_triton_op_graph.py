@@ -266,6 +266,31 @@ def test_fallback_calls_stay_opaque():
     assert "attnzoo.halo_fwd.default" in lowered and WRAPPER not in lowered, lowered
 
 
+FWD_KERNELS = {"gna": "_gna_fwd_kernel", "halo_attention": "_halo_fwd_kernel",
+               "routed_attention": "_routed_fwd_kernel", "aggregated_attention": "_fwd_kernel"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", OPS)
+def test_inductor_compiles_the_kernels_on_a_gpu(op, monkeypatch):
+    """On a GPU: torch.compile (Inductor) of a triton-backend call runs the op's forward kernel from
+    Inductor's own generated code, and matches eager (same kernels and configs; the host code's
+    PyTorch ops may be fused differently)."""
+    from torch._inductor.utils import run_and_get_code
+
+    for variable in ("GNA", "ROUTED", "AGGREGATED", "HALO"):
+        monkeypatch.setenv(f"ATTNZOO_{variable}_AUTOTUNE", "0")
+    torch.manual_seed(0)
+    model = _Call(op, "triton", _params(op, 2, 16, "cuda"))
+    q, k, v = (torch.randn(2, 8, 8, 2, 16, device="cuda") for _ in range(3))
+    with torch.no_grad():
+        (want,) = model(q, k, v)
+        (got,), codes = run_and_get_code(torch.compile(model, fullgraph=True, dynamic=False), q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert any(FWD_KERNELS[op] in code for code in codes)
+    assert not any("torch.ops.attnzoo" in code for code in codes)
+
+
 def test_the_rule(monkeypatch):
     monkeypatch.delenv("ATTNZOO_INDUCTOR_KERNELS", raising=False)
     from attnzoo.kernels._triton.in_graph import decomposes
