@@ -2,11 +2,14 @@
 
 ``attnzoo export MODEL --format onnx|pt2|aoti --out PATH``:
 
-* the model is built on the reference backend whatever the device (an ONNX graph or a CPU
-  package cannot hold a Triton kernel), in ``--dtype``, with ``--pretrained`` weights or a
-  ``--checkpoint`` (a file, a URL or ``hf-hub:<org>/<repo>[/<file>]``), as a classifier or with
-  ``--features`` as the multi-scale NCHW maps of ``features_only=True`` (what a detector's neck
-  consumes);
+* the model is built on ``--backend``: ``reference`` for ONNX, pt2 and CPU packages (an ONNX
+  graph or a CPU package cannot hold a Triton kernel), ``triton`` for an AOTInductor package on
+  CUDA (the default there: every mixer whose op has Triton kernels is pinned to them,
+  ``pin_triton``, and Inductor compiles those kernels into the package,
+  ``kernels/_triton/in_graph.py``; ``--backend reference`` compiles the reference ops
+  instead), in ``--dtype``, with ``--pretrained`` weights or a ``--checkpoint`` (a file, a URL
+  or ``hf-hub:<org>/<repo>[/<file>]``), as a classifier or with ``--features`` as the
+  multi-scale NCHW maps of ``features_only=True`` (what a detector's neck consumes);
 * ``torch.export`` traces it once at an example (``--img-size``, default the published size;
   batch 2: an example batch of 1 makes torch specialise the batch) with ``--dynamic``:
   ``none`` (the example's shape only), ``batch`` or ``batch,hw`` (the default: any batch, height
@@ -24,7 +27,9 @@
 
 ONNX: opset ``--opset`` (>= 18), checked with ``onnx.checker`` (full check); weights over 2 GB
 go to an external data file ``PATH.data`` next to it. AOTInductor: a ``.pt2`` package compiled
-for the CPU (or ``--device cuda``).
+for the CPU (or ``--device cuda``). With the triton backend the log names every attnzoo op the
+package still calls in Python (an op Inductor could not take as kernels: gna, routed and
+aggregated attention on dynamic sizes), ``ExportReport.python_ops``.
 """
 from __future__ import annotations
 
@@ -41,11 +46,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["add_arguments", "run", "export_model", "build_model", "trace", "write_verified", "ExportReport", "ExportError",
-           "BOUNDS", "verification_points"]
+           "BOUNDS", "verification_points", "resolve_backend", "python_ops", "pin_triton"]
 
 FORMATS = ("onnx", "pt2", "aoti")
 DYNAMIC = ("none", "batch", "batch,hw")
 DTYPES = ("float32", "float16", "bfloat16")
+BACKENDS = ("auto", "reference", "triton")
 ODD_SIZES = ((97, 131), (320, 192))  # no window (7), region (7), block (8), partition or stride (32) divides these
 MIN_OPSET = 18
 ONNX_PROTO_LIMIT = 2 * 1024**3  # protobuf's 2 GB: larger models keep their weights in external data
@@ -97,6 +103,8 @@ class ExportReport:
     ranges: Dict[str, str] = field(default_factory=dict)
     points: List[PointResult] = field(default_factory=list)
     files: List[str] = field(default_factory=list)
+    backend: str = "reference"
+    python_ops: List[str] = field(default_factory=list)  # attnzoo ops an aoti package calls in Python
 
     def table(self) -> str:
         lines = ["| point (B x C x H x W) | max rel. error | bound | eager ms | exported ms |", "|---|---|---|---|---|"]
@@ -123,6 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-indices", type=int, nargs="+", default=None, metavar="I", help="with --features: which maps (default: all)")
     parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET}; default {MIN_OPSET})")
     parser.add_argument("--device", default="cpu", help="device of the export and check (default cpu; aoti compiles for it)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="the attnzoo ops' backend: auto (default: triton for --format aoti on CUDA, whose package "
+                             "then holds the Triton kernels; reference otherwise), reference or triton")
     parser.add_argument("--check-sizes", default=None, metavar="HxW,...",
                         help="sizes of the check (default: the example, 97x131 and 320x192 when the size is dynamic)")
     parser.add_argument("--overwrite", action="store_true", help="replace PATH when it exists")
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         report = export_model(
             args.model, args.format, args.out, dynamic=args.dynamic, img_size=args.img_size, batch=args.batch,
             dtype=args.dtype, pretrained=args.pretrained, checkpoint=args.checkpoint, features=args.features,
-            out_indices=args.out_indices, opset=args.opset, device=args.device,
+            out_indices=args.out_indices, opset=args.opset, device=args.device, backend=args.backend,
             check_sizes=_parse_sizes(args.check_sizes) if args.check_sizes else None, overwrite=args.overwrite,
             log=lambda text: print(text, flush=True),
         )
@@ -183,7 +194,81 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: bool, out_indices, dtype, device):
+def resolve_backend(backend: str, fmt: str, device: str) -> str:
+    """The attnzoo ops' backend of an export: ``auto`` is triton for an AOTInductor package on CUDA
+    (Inductor compiles the Triton kernels into it), reference otherwise. ``triton`` needs that
+    pairing: an ONNX graph cannot hold a Triton kernel, a pt2 program would keep the ops as calls
+    into attnzoo, and off CUDA they run on the reference."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    cuda = str(device).startswith("cuda")
+    if backend == "auto":
+        return "triton" if fmt == "aoti" and cuda else "reference"
+    if backend == "triton" and not (fmt == "aoti" and cuda):
+        raise ValueError("--backend triton exports an AOTInductor package for CUDA (--format aoti --device cuda); "
+                         f"got --format {fmt} --device {device}")
+    return backend
+
+
+def python_ops(package: str) -> List[str]:
+    """The attnzoo ops an AOTInductor package calls back into Python (proxy-executor nodes of its
+    wrapper), sorted; none when Inductor compiled every op's kernels into the package."""
+    import json
+    import zipfile
+
+    found = set()
+    with zipfile.ZipFile(package) as z:
+        for entry in z.namelist():
+            if entry.endswith(".json"):
+                try:
+                    nodes = json.loads(z.read(entry)).get("nodes", [])
+                except (ValueError, AttributeError):
+                    continue
+                found.update(n["node"]["target"] for n in nodes if str(n.get("node", {}).get("target", "")).startswith("attnzoo::"))
+    return sorted(found)
+
+
+def pin_triton(model, example) -> int:
+    """Sets ``backend='triton'`` on every mixer of ``model`` whose op has a Triton backend, found by
+    one eager forward of ``example`` recording which ops each mixer calls; the others (DaViT's
+    channel attention, SHViT's and BiFormer's dense attention: reference only) keep theirs, since
+    an explicit triton backend would refuse them. Returns how many mixers were set."""
+    import torch
+
+    from attnzoo.kernels._dispatch import record_calls
+
+    mixers = [m for m in model.modules() if hasattr(m, "backend")]
+    ops: Dict[int, set] = {id(m): set() for m in mixers}
+    claimed: set = set()
+    with record_calls() as calls:
+        starts: Dict[int, List[int]] = {}
+
+        def before(module, args):
+            starts.setdefault(id(module), []).append(len(calls))
+
+        def after(module, args, out):  # the innermost mixer returns first: it claims its own calls
+            for i in range(starts[id(module)].pop(), len(calls)):
+                if i not in claimed:
+                    claimed.add(i)
+                    ops[id(module)].add(calls[i][0])
+
+        handles = [h for m in mixers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for h in handles:
+                h.remove()
+    pinned = 0
+    for m in mixers:
+        if any("triton" in op.backends for op in ops[id(m)]):
+            m.backend = "triton"
+            pinned += 1
+    return pinned
+
+
+def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: bool, out_indices, dtype, device,
+           backend: str = "reference"):
     import timm
     import torch
 
@@ -192,7 +277,7 @@ def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: 
 
     if name not in attnzoo.list_models():
         raise ValueError(f"unknown model {name!r}; see attnzoo.list_models()")
-    kwargs = dict(backend="reference")  # an exported graph holds the reference ops, whatever the device
+    kwargs = dict(backend="reference")  # the graph holds the reference ops (triton: pinned below where an op has kernels)
     if features:
         kwargs.update(features_only=True)
         if out_indices is not None:
@@ -206,7 +291,10 @@ def _build(name: str, *, pretrained: bool, checkpoint: Optional[str], features: 
     if input_size is None:
         size = attnzoo.get_entry(name).published.img_size
         input_size = (3, size, size)
-    return model.to(device=device, dtype=dtype).eval(), tuple(input_size[1:])
+    model = model.to(device=device, dtype=dtype).eval()
+    if backend == "triton":
+        pin_triton(model, torch.randn(1, *input_size).to(device=device, dtype=dtype))
+    return model, tuple(input_size[1:])
 
 
 def _wrap_outputs(model):
@@ -388,8 +476,10 @@ def _loader(fmt: str, path: Path, device: str):
 
 
 def build_model(name: str, *, dtype: str = "float32", pretrained: bool = False, checkpoint: Optional[str] = None,
-                features: bool = False, out_indices: Optional[Sequence[int]] = None, device: str = "cpu"):
-    """``(model, (H, W))``: ``name`` on the reference backend in eval mode, in ``dtype`` on
+                features: bool = False, out_indices: Optional[Sequence[int]] = None, device: str = "cpu",
+                backend: str = "reference"):
+    """``(model, (H, W))``: ``name`` on ``backend`` (reference; triton: every mixer whose op has
+    Triton kernels, ``pin_triton``) in eval mode, in ``dtype`` on
     ``device``, returning a tuple of NCHW maps with ``features`` (else the logits); and its
     published input size."""
     import torch
@@ -399,7 +489,7 @@ def build_model(name: str, *, dtype: str = "float32", pretrained: bool = False, 
     if out_indices is not None and not features:
         raise ValueError("--out-indices needs --features")
     model, size = _build(name, pretrained=pretrained, checkpoint=checkpoint, features=features,
-                         out_indices=out_indices, dtype=getattr(torch, dtype), device=device)
+                         out_indices=out_indices, dtype=getattr(torch, dtype), device=device, backend=backend)
     return (_wrap_outputs(model) if features else model), size
 
 
@@ -488,6 +578,7 @@ def export_model(
     out_indices: Optional[Sequence[int]] = None,
     opset: int = MIN_OPSET,
     device: str = "cpu",
+    backend: str = "auto",
     check_sizes: Optional[Sequence[Tuple[int, int]]] = None,
     overwrite: bool = False,
     seed: int = 0,
@@ -506,6 +597,7 @@ def export_model(
         raise ValueError(f"opset must be >= {MIN_OPSET} (the dynamo ONNX exporter's minimum), got {opset}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    backend = resolve_backend(backend, fmt, device)
     path = Path(out)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -523,13 +615,13 @@ def export_model(
     import torch
 
     model, published = build_model(name, dtype=dtype, pretrained=pretrained, checkpoint=checkpoint, features=features,
-                                   out_indices=out_indices, device=device)
+                                   out_indices=out_indices, device=device, backend=backend)
     h, w = tuple(img_size) if img_size is not None else published
     points = verification_points((batch, h, w), dynamic, check_sizes)
-    report = ExportReport(name, fmt, str(path), dynamic, dtype, (batch, h, w))
+    report = ExportReport(name, fmt, str(path), dynamic, dtype, (batch, h, w), backend=backend)
     x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=getattr(torch, dtype))
     t0 = time.perf_counter()
-    log(f"exporting {name} ({fmt}, dynamic {dynamic}, {dtype}) at an example of {tuple(x.shape)} ...")
+    log(f"exporting {name} ({fmt}, dynamic {dynamic}, {dtype}, {backend} backend) at an example of {tuple(x.shape)} ...")
     program = trace(model, x, dynamic, name)
     report.ranges = _ranges(program, dynamic)
     trace_s = time.perf_counter() - t0
@@ -537,6 +629,11 @@ def export_model(
     report.files, report.points, write_s = write_verified(fmt, program, model, path, points, dtype=dtype, opset=opset,
                                                           device=device, seed=seed + 1, log=log)
     report.export_s = trace_s + write_s
+    if fmt == "aoti" and backend == "triton":
+        report.python_ops = python_ops(str(path))
+        log("the package holds the Triton kernels of every attnzoo op" if not report.python_ops else
+            f"the package calls {', '.join(report.python_ops)} in Python (loaded with attnzoo imported): "
+            "their host code decides on sizes, so on dynamic sizes Inductor keeps them opaque")
     report.peak_rss_mb = _peak_rss_mb()
     report.file_mb = sum(os.path.getsize(f) for f in report.files) / 2**20
     return report

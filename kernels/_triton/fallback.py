@@ -9,7 +9,10 @@ use its reference implementation for that pattern (op, shapes, dtypes, device, p
 then on, with one warning naming the op, the pattern and the error; with ``fallback=False``
 (``backend='triton'`` named explicitly) the error propagates. The decision is taken where the
 kernels run, inside the custom op, so it holds alike in eager mode, under ``torch.compile``
-(static or dynamic shapes: the op is one opaque node, no graph break) and in an exported program.
+(static or dynamic shapes: the op is one opaque node, no graph break) and in an exported program:
+an op called with ``fallback=True`` is never handed to Inductor as kernels (``in_graph.py``), its
+body runs at run time. With ``fallback=False`` on CUDA, Inductor compiles the kernels itself
+(``torch.compile``, AOTInductor), so a kernel the GPU cannot build fails that compilation.
 """
 from __future__ import annotations
 

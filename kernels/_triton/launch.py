@@ -9,7 +9,8 @@ binding, meta-parameters included, also those a ``triton.heuristics`` wrapper de
 chosen config (routed's and halo's packing), so a grid reads the packing instead of recomputing
 it. Inside ``aot.compile_session`` nothing runs: the kernel is compiled for the session's target
 instead (the config, and with ``all_configs`` every config the tuner's pruning keeps), which is
-what makes the compile gate use the launch code itself.
+what makes the compile gate use the launch code itself. While Inductor traces a fused op's body
+(``in_graph``), the launch of the config becomes a node of its graph instead.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 
 import triton
 
-from . import aot
+from . import aot, in_graph
 
 __all__ = ["launch", "is_compiled"]
 
@@ -42,6 +43,9 @@ def launch(kernel, grid: Callable[[dict], tuple], args: tuple, kwargs: dict, con
     session = aot.current_session()
     if session is not None:
         session.launch(kernel, args, kwargs, config, tuner)
+        return
+    if in_graph.active():
+        in_graph.launch_in_graph(kernel, grid, args, kwargs, config)
         return
     if tuner is not None and space.should_tune(rows):
         tuner[grid](*args, **kwargs)

@@ -1,9 +1,11 @@
-"""aggregated_attention's fused Triton kernels as ``torch.library`` custom ops:
+"""aggregated_attention's fused Triton kernels as ``torch.library.triton_op`` ops:
 ``attnzoo::aggregated_fwd`` (returns the output and the base-2 logsumexp the backward needs) and
 ``attnzoo::aggregated_bwd`` (the gradients of every tensor input), with fake (meta)
 implementations and the autograd formula that ties them together.
 
-``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
+``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op
+(on CUDA with ``fallback=False`` and static sizes Inductor traces into it and compiles the kernels;
+the host code decides on sizes in Python, so symbolic sizes keep it opaque: ``_triton/in_graph.py``),
 and ``torch.library.opcheck`` tests them (tests/kernels/test_aggregated_attention_triton.py). The
 module imports the kernels (``triton.py``); nothing in the kernel layer imports it back: imports
 run one way, ``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher reaches the
@@ -22,9 +24,11 @@ import torch
 from torch import Tensor
 
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
+from .._triton.in_graph import fused_op, kernels_of
 from ._params import AggregatedParams
 from .reference import _aggregated_reference
 from .triton import aggregated_backward, aggregated_forward
+from . import triton as _kernels
 
 __all__ = ["aggregated_triton"]
 
@@ -37,7 +41,7 @@ def _params(q: Tensor, k_pool: Tensor, window_size: Optional[int]) -> Aggregated
     return AggregatedParams((q.shape[1], q.shape[2]), window_size, k_pool.shape[1])
 
 
-@torch.library.custom_op("attnzoo::aggregated_fwd", mutates_args=())
+@fused_op("attnzoo::aggregated_fwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels))
 def aggregated_fwd(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_pool: Tensor, v_pool: Tensor,
                    pool_bias: Optional[Tensor], local_bias: Optional[Tensor], query_embedding: Tensor,
                    temperature: Tensor, learnable_tokens: Optional[Tensor], learnable_bias: Optional[Tensor],
@@ -60,7 +64,7 @@ def _aggregated_fwd_fake(q, k, v, k_pool, v_pool, pool_bias, local_bias, query_e
     return out, q.new_empty(q.shape[:4], dtype=torch.float32)
 
 
-@torch.library.custom_op("attnzoo::aggregated_bwd", mutates_args=())
+@fused_op("attnzoo::aggregated_bwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels))
 def aggregated_bwd(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Optional[Tensor], k_pool: Tensor,
                    v_pool: Tensor, pool_bias: Optional[Tensor], local_bias: Optional[Tensor], query_embedding: Tensor,
                    temperature: Tensor, learnable_tokens: Optional[Tensor], learnable_bias: Optional[Tensor],

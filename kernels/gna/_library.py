@@ -1,8 +1,10 @@
-"""gna's fused Triton kernels as ``torch.library`` custom ops: ``attnzoo::gna_fwd`` (returns the
+"""gna's fused Triton kernels as ``torch.library.triton_op`` ops: ``attnzoo::gna_fwd`` (returns the
 output and the base-2 logsumexp the backward needs) and ``attnzoo::gna_bwd``, with fake
 (meta) implementations and the autograd formula that ties them together.
 
-``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
+``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op
+(on CUDA with ``fallback=False`` and static sizes Inductor traces into it and compiles the kernels;
+the host code decides on sizes in Python, so symbolic sizes keep it opaque: ``_triton/in_graph.py``),
 and ``torch.library.opcheck`` tests them (tests/kernels/test_gna_triton.py). The module imports the
 kernels (``triton.py``); nothing in the kernel layer imports it back: imports run one way,
 ``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher reaches the entry function
@@ -18,9 +20,11 @@ import torch
 from torch import Tensor
 
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
+from .._triton.in_graph import fused_op, kernels_of
 from ._params import GNAParams
 from .reference import _gna_reference
 from .triton import gna_backward, gna_forward
+from . import triton as _kernels
 
 __all__ = ["gna_triton"]
 
@@ -34,7 +38,7 @@ def _key(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale) -> tuple
                                                 tuple(is_causal), scale))
 
 
-@torch.library.custom_op("attnzoo::gna_fwd", mutates_args=())
+@fused_op("attnzoo::gna_fwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels))
 def gna_fwd(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int], stride: List[int],
             dilation: List[int], is_causal: List[bool], scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor]:
     params = _params(q, kernel_size, stride, dilation, is_causal)
@@ -51,7 +55,7 @@ def _gna_fwd_fake(q, k, v, rpb, kernel_size, stride, dilation, is_causal, scale,
     return v.new_empty(v.shape, dtype=q.dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.custom_op("attnzoo::gna_bwd", mutates_args=())
+@fused_op("attnzoo::gna_bwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels))
 def gna_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
             kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool], scale: float,
             rpb_grad: bool, fallback: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,9 +1,11 @@
-"""halo_attention's fused Triton kernels as ``torch.library`` custom ops: ``attnzoo::halo_fwd``
+"""halo_attention's fused Triton kernels as ``torch.library.triton_op`` ops: ``attnzoo::halo_fwd``
 (returns the output and the base-2 logsumexp the backward needs) and ``attnzoo::halo_bwd`` (the
 gradients of q, k, v and both relative tables), with fake (meta) implementations and the autograd
 formula that ties them together.
 
-``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
+``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op
+(on CUDA with ``fallback=False`` Inductor traces into it and compiles the kernels, static or
+symbolic sizes: ``_triton/in_graph.py``),
 and ``torch.library.opcheck`` tests them (tests/kernels/test_halo_attention_triton.py). The module
 imports the kernels (``triton.py``); nothing in the kernel layer imports it back: imports run one
 way, ``_library`` -> ``triton`` -> ``_autotune`` / ``_params``. The dispatcher reaches the entry
@@ -19,9 +21,11 @@ import torch
 from torch import Tensor
 
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
+from .._triton.in_graph import fused_op, kernels_of
 from ._params import HaloParams
 from .reference import _halo_reference
 from .triton import halo_backward, halo_forward
+from . import triton as _kernels
 
 __all__ = ["halo_triton"]
 
@@ -34,7 +38,8 @@ def _params(k: Tensor, block_size: int, halo_size: int, query_stride: int) -> Ha
     return HaloParams((k.shape[1], k.shape[2]), block_size, halo_size, query_stride)
 
 
-@torch.library.custom_op("attnzoo::halo_fwd", mutates_args=())
+@fused_op("attnzoo::halo_fwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels),
+          size_dynamic=True)
 def halo_fwd(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, block_size: int, halo_size: int,
              query_stride: int, scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor]:
     sizes = (block_size, halo_size, query_stride)
@@ -53,7 +58,8 @@ def _halo_fwd_fake(q, k, v, height_rel, width_rel, block_size, halo_size, query_
     return q.new_empty((*q.shape[:4], v.shape[-1])), q.new_empty(q.shape[:4], dtype=torch.float32)
 
 
-@torch.library.custom_op("attnzoo::halo_bwd", mutates_args=())
+@fused_op("attnzoo::halo_bwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels),
+          size_dynamic=True)
 def halo_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor, out: Tensor,
              lse: Tensor, block_size: int, halo_size: int, query_stride: int,
              scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

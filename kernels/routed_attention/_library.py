@@ -1,8 +1,10 @@
-"""routed_attention's fused Triton kernels as ``torch.library`` custom ops: ``attnzoo::routed_fwd``
+"""routed_attention's fused Triton kernels as ``torch.library.triton_op`` ops: ``attnzoo::routed_fwd``
 (returns the output and the base-2 logsumexp the backward needs) and ``attnzoo::routed_bwd``, with
 fake (meta) implementations and the autograd formula that ties them together.
 
-``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op,
+``torch.compile`` captures each as one node with no graph break, ``torch.export`` records one op
+(on CUDA with ``fallback=False`` and static sizes Inductor traces into it and compiles the kernels;
+the host code decides on sizes in Python, so symbolic sizes keep it opaque: ``_triton/in_graph.py``),
 and ``torch.library.opcheck`` tests them (tests/kernels/test_routed_attention_triton.py). The
 routing index is an input (routing itself stays in PyTorch, traced around the op) and gets no
 gradient. The module imports the kernels (``triton.py``); nothing in the kernel layer imports it
@@ -19,9 +21,11 @@ import torch
 from torch import Tensor
 
 from .._triton.fallback import pattern_key, reference_grads, run_or_fall_back
+from .._triton.in_graph import fused_op, kernels_of
 from ._params import RoutedParams
 from .reference import _route, _routed_reference
 from .triton import routed_backward, routed_forward
+from . import triton as _kernels
 
 __all__ = ["routed_triton"]
 
@@ -30,7 +34,7 @@ def _params(q: Tensor, index: Tensor, num_regions: int) -> RoutedParams:
     return RoutedParams((q.shape[1], q.shape[2]), num_regions, index.shape[-1])
 
 
-@torch.library.custom_op("attnzoo::routed_fwd", mutates_args=())
+@fused_op("attnzoo::routed_fwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels))
 def routed_fwd(q: Tensor, k: Tensor, v: Tensor, index: Tensor, num_regions: int, scale: float,
                fallback: bool = False) -> Tuple[Tensor, Tensor]:
     def reference():  # no logsumexp: the backward of a fallen-back pattern runs the reference too
@@ -46,7 +50,7 @@ def _routed_fwd_fake(q, k, v, index, num_regions, scale, fallback=False):
     return v.new_empty(v.shape, dtype=q.dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.custom_op("attnzoo::routed_bwd", mutates_args=())
+@fused_op("attnzoo::routed_bwd", compiled=not _kernels.INTERPRETER, kernels=kernels_of(_kernels))
 def routed_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, index: Tensor, out: Tensor, lse: Tensor,
                num_regions: int, scale: float, fallback: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     params = _params(q, index, num_regions)

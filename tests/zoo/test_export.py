@@ -215,3 +215,53 @@ def test_bad_arguments_fail_before_exporting(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         ex.export_model("az_halonet26t", "pt2", str(tmp_path / "missing" / "a.pt2"))
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="--backend triton exports an AOTInductor package for CUDA"):
+        ex.export_model("az_halonet26t", "onnx", str(tmp_path / "a.onnx"), backend="triton")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backend_of_an_export():
+    """auto: the Triton kernels go into an AOTInductor package for CUDA, the reference ops
+    everywhere else (an ONNX graph or a CPU package cannot hold a Triton kernel)."""
+    assert ex.resolve_backend("auto", "aoti", "cuda") == "triton"
+    assert ex.resolve_backend("auto", "aoti", "cuda:1") == "triton"
+    assert ex.resolve_backend("auto", "aoti", "cpu") == "reference"
+    assert ex.resolve_backend("auto", "onnx", "cuda") == "reference"
+    assert ex.resolve_backend("auto", "pt2", "cuda") == "reference"
+    assert ex.resolve_backend("reference", "aoti", "cuda") == "reference"
+    for fmt, device in (("aoti", "cpu"), ("pt2", "cuda")):
+        with pytest.raises(ValueError, match="--backend triton"):
+            ex.resolve_backend("triton", fmt, device)
+
+
+def test_triton_export_pins_only_mixers_whose_op_has_kernels():
+    """An explicit triton backend would refuse DaViT's channel attention and BiFormer's dense
+    attention (reference only): the triton export pins triton on the other mixers only."""
+    import timm
+
+    for name, want in (("az_davit_tiny", {"WindowAttention2d"}), ("biformer_tiny", {"BiLevelRoutingAttention2d"})):
+        model = timm.create_model(name, backend="reference").eval()
+        assert ex.pin_triton(model, torch.randn(1, 3, 64, 64)) > 0
+        mixers = [m for m in model.modules() if hasattr(m, "backend")]
+        assert {type(m).__name__ for m in mixers if m.backend == "triton"} == want
+        assert any(m.backend == "reference" for m in mixers)
+
+
+# HaloNet's op (halo_attention) traces on symbolic sizes without a guard: its kernels go into a
+# size-dynamic package. gna (NAT) decides on sizes in its host code: in the package at a static
+# size, a call into Python on dynamic sizes (kernels/_triton/in_graph.py).
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,dynamic,python_ops", [
+    ("az_halonet26t", "batch,hw", []),
+    ("nat_mini", "none", []),
+    ("nat_mini", "batch,hw", ["attnzoo::gna_fwd"]),
+])
+def test_aoti_package_on_cuda_holds_the_triton_kernels(name, dynamic, python_ops, tmp_path):
+    """`attnzoo export --format aoti --device cuda`: the model on the triton backend, the package
+    compiled by AOTInductor with the ops' Triton kernels, loaded with aoti_load_package and checked
+    against the eager (triton) model at every point within 1e-4."""
+    path = tmp_path / f"{name}.pt2"
+    report = ex.export_model(name, "aoti", str(path), dynamic=dynamic, img_size=(96, 96), device="cuda")
+    assert report.backend == "triton" and path.is_file()
+    assert all(r.ok for r in report.points) and len(report.points) == (1 if dynamic == "none" else 4)
+    assert report.python_ops == python_ops
