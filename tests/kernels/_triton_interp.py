@@ -44,6 +44,17 @@ def backend_env(monkeypatch: pytest.MonkeyPatch, autotune_variable: str) -> None
         monkeypatch.setenv(autotune_variable, "0")
 
 
+def backend_env_fixture(autotune_variable: str):
+    """An autouse fixture applying ``backend_env(monkeypatch, autotune_variable)`` to every test of
+    the module that binds it to a module-level name (``_backend_env = backend_env_fixture(...)``)."""
+
+    @pytest.fixture(autouse=True)
+    def _backend_env(monkeypatch):
+        backend_env(monkeypatch, autotune_variable)
+
+    return _backend_env
+
+
 def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
     """``||got - want|| / scale`` in float64, ``scale = ||want||`` unless given (``||got - want||``
     when the scale is zero)."""

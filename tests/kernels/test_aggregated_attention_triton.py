@@ -27,7 +27,7 @@ from attnzoo.kernels.aggregated_attention import (
     aggregated_attention, aggregated_attention_op, length_scaled_attention,
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -35,9 +35,7 @@ from attnzoo.kernels.aggregated_attention._library import aggregated_triton  # n
 from attnzoo.kernels.aggregated_attention import _autotune  # noqa: E402  (after triton imports)
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_AGGREGATED_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_AGGREGATED_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
 pytestmark = pytest.mark.interpreter
@@ -32,9 +32,7 @@ from attnzoo.kernels.gna._library import gna_triton  # noqa: E402
 from attnzoo.kernels.gna import _autotune  # noqa: E402  (after triton imports)
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_GNA_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_GNA_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.

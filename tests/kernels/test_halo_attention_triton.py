@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import DEVICE, backend_env_fixture, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.halo_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -34,9 +34,7 @@ from attnzoo.kernels.halo_attention import _autotune  # noqa: E402  (after trito
 NAMES = ("out", "dq", "dk", "dv", "d_height_rel", "d_width_rel")
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_HALO_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_HALO_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.routed_attention import route_regions, routed_attention, routed_attention_op
 from attnzoo.kernels.routed_attention._params import check_routed_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import DEVICE, backend_env_fixture, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.routed_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -34,9 +34,7 @@ from attnzoo.kernels.routed_attention._library import routed_triton  # noqa: E40
 from attnzoo.kernels.routed_attention import _autotune  # noqa: E402  (after triton imports)
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_ROUTED_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_ROUTED_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
