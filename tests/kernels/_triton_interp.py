@@ -9,7 +9,7 @@ tests/conftest.py). No module is ever rebuilt: a process either interprets every
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 import pytest
 import torch
@@ -62,3 +62,16 @@ def rel_error(got: torch.Tensor, want: torch.Tensor, scale: Optional[torch.Tenso
     scale = want.norm() if scale is None else scale
     diff = (got.double() - want).norm()
     return (diff / scale if scale > 0 else diff).item()
+
+
+def assert_within(case, dtype: torch.dtype, errors: dict, out_tol: float, grad_tol: float,
+                  bounds: Optional[Mapping[str, float]] = None) -> dict:
+    """Asserts each relative error of ``errors`` (name -> error) within its bound: ``out_tol`` for
+    ``"out"``, ``grad_tol`` for every gradient unless ``bounds`` names it; returns ``errors``. A NaN
+    error fails. The message names the case, the dtype and the errors above their bounds."""
+    bound = dict.fromkeys(errors, grad_tol)
+    bound["out"] = out_tol
+    bound.update(bounds or {})
+    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= bound[n]}
+    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
+    return errors

@@ -27,7 +27,7 @@ from attnzoo.kernels.aggregated_attention import (
     aggregated_attention, aggregated_attention_op, length_scaled_attention,
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, import_triton_backend, rel_error
+from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -125,11 +125,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, small_dtype: Optional[tor
 
     out_tol, grad_tol = REL_TOL[dtype]
     errors = {n: rel_error(a, b) for n, a, b in zip(("out", *names), got, want)}
-    bound = dict.fromkeys(errors, grad_tol)
-    bound.update(out=out_tol, temperature=TEMPERATURE_TOL[dtype])
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= bound[n]}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol, bounds=dict(temperature=TEMPERATURE_TOL[dtype]))
 
 
 # --- small cases: the interpreter on CPU, compiled kernels on a GPU ----------------------------

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, import_triton_backend, rel_error
+from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
 pytestmark = pytest.mark.interpreter
@@ -108,9 +108,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
     dv_norm = want[3].norm()
     errors = {n: rel_error(a, b, dv_norm if vanishing and n in ("dq", "dk", "drpb") else None)
               for n, a, b in zip(names, got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol)
 
 
 def _skip_bf16_on_interpreter(dtype):

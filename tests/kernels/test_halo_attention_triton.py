@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env_fixture, import_triton_backend, rel_error
+from tests.kernels._triton_interp import DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.halo_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -99,9 +99,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
 
     out_tol, grad_tol = REL_TOL[dtype]
     errors = {n: rel_error(a, b) for n, a, b in zip(NAMES, got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol)
 
 
 # --- small cases: the interpreter on CPU, compiled kernels on a GPU ----------------------------

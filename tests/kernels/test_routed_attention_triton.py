@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.routed_attention import route_regions, routed_attention, routed_attention_op
 from attnzoo.kernels.routed_attention._params import check_routed_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env_fixture, import_triton_backend, rel_error
+from tests.kernels._triton_interp import DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
 
 triton_backend = import_triton_backend("attnzoo.kernels.routed_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -102,9 +102,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
     vanishing = case.topk * (case.h // case.num_regions) * (case.w // case.num_regions) == 1
     errors = {n: rel_error(a, b, want[3].norm() if vanishing and n in ("dq", "dk") else None)
               for n, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol)
 
 
 # --- small cases: the interpreter on CPU, compiled kernels on a GPU ----------------------------
