@@ -9,7 +9,7 @@ tests/conftest.py). No module is ever rebuilt: a process either interprets every
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import pytest
 import torch
@@ -75,3 +75,56 @@ def assert_within(case, dtype: torch.dtype, errors: dict, out_tol: float, grad_t
     bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= bound[n]}
     assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
     return errors
+
+
+# --- the tests every backend file runs the same way, built from its compare and case tables -------
+# ``compare(case, dtype, seed)``: the file's Triton-vs-float64-reference check (asserts the bounds).
+# Bind the returned functions to module-level names ``test_...`` (the names below) for pytest.
+
+
+def _seed(name: str) -> int:
+    return sum(map(ord, name))
+
+
+def small_case_tests(compare: Callable, cases: Mapping, fp16_cases: Sequence[str]):
+    """``(test_matches_reference_fp32, test_matches_reference_fp16)``: every case of ``cases`` in
+    float32, those named in ``fp16_cases`` in float16, each seeded by its name."""
+
+    @pytest.mark.parametrize("name", list(cases))
+    def test_matches_reference_fp32(name):
+        compare(cases[name], torch.float32, seed=_seed(name))
+
+    @pytest.mark.parametrize("name", list(fp16_cases))
+    def test_matches_reference_fp16(name):
+        compare(cases[name], torch.float16, seed=_seed(name))
+
+    return test_matches_reference_fp32, test_matches_reference_fp16
+
+
+def gpu_tests(compare: Callable, gpu_cases: Mapping, small_cases: Mapping, bf16_small_cases: Sequence[str], *,
+              autotune_variable: str, autotune_spaces: Mapping, autotuned_case, autotuned_size: int):
+    """``(test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu)``, all
+    marked ``gpu``: every case of ``gpu_cases`` in float32, float16 and bfloat16 (seeded by name);
+    ``autotuned_case`` in float16 with ``autotune_variable`` unset, after checking that its size
+    (``autotuned_size``, the count the op's forward space is keyed on) reaches the autotuner; and
+    the ``small_cases`` named in ``bf16_small_cases`` in bfloat16 (seed 5)."""
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+    @pytest.mark.parametrize("name", list(gpu_cases))
+    def test_full_size_on_gpu(name, dtype):
+        compare(gpu_cases[name], dtype, seed=_seed(name))
+
+    @pytest.mark.gpu
+    def test_autotuned_launch_on_gpu(monkeypatch):
+        """Large enough to go through the autotuner (the forward space's size >= 2**18)."""
+        monkeypatch.delenv(autotune_variable)
+        assert autotune_spaces["fwd"].should_tune(autotuned_size)
+        compare(autotuned_case, torch.float16, seed=1)
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("name", list(bf16_small_cases))
+    def test_small_cases_bf16_on_gpu(name):
+        compare(small_cases[name], torch.bfloat16, seed=5)
+
+    return test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu

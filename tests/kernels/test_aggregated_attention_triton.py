@@ -27,7 +27,10 @@ from attnzoo.kernels.aggregated_attention import (
     aggregated_attention, aggregated_attention_op, length_scaled_attention,
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    CUDA, DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -155,14 +158,7 @@ CASES = {
 FP16_CASES = ["odd-5x7-p20", "dims-24-32-batch2", "micro-stage4-3x5-full"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 def test_float32_small_params_with_float16_activations():
@@ -413,23 +409,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * positions >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_AGGREGATED_AUTOTUNE")
-    case = replace(GPU_CASES["micro-stage1-56x56"], batch=48)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.height * case.width)
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["odd-5x7-p20", "micro-stage4-3x5-full", "window7-on-2x3"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * positions >= 2**18).
+_TUNED = replace(GPU_CASES["micro-stage1-56x56"], batch=48)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["odd-5x7-p20", "micro-stage4-3x5-full", "window7-on-2x3"],
+    autotune_variable="ATTNZOO_AGGREGATED_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * _TUNED.height * _TUNED.width,
+)

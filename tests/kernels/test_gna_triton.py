@@ -24,7 +24,10 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    CUDA, DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
 pytestmark = pytest.mark.interpreter
@@ -148,14 +151,7 @@ CASES = {
 FP16_CASES = ["1d-causal-17-k4-s2-d2", "2d-dilation-stride-causal", "2d-blocked-8x8-k4", "2d-dims-24-40"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -393,23 +389,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * positions >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_GNA_AUTOTUNE")
-    case = replace(GPU_CASES["na2d-56x56-k7"], batch=16, heads=8)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * math.prod(case.spatial))
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["2d-blocked-8x8-k4", "2d-dilation-stride-causal", "3d-3x4x5-mixed"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * positions >= 2**18).
+_TUNED = replace(GPU_CASES["na2d-56x56-k7"], batch=16, heads=8)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["2d-blocked-8x8-k4", "2d-dilation-stride-causal", "3d-3x4x5-mixed"],
+    autotune_variable="ATTNZOO_GNA_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * math.prod(_TUNED.spatial),
+)

@@ -24,7 +24,10 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env_fixture, assert_within, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.halo_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -125,14 +128,7 @@ CASES = {
 FP16_CASES = ["halonet26t-s3-like-16x16-b8-h2", "halonet26t-s4-strided-16x16-b8-h2-s2", "block2-halo1-6x10"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 def test_custom_scale():
@@ -394,23 +390,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * queries >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_HALO_AUTOTUNE")
-    case = Case(64, 32, 32, 4, 8, 3, head_dim=32, v_dim=32)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.h * case.w)
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["block2-halo1-6x10", "block1-halo2-3x5", "block10-halo1-two-tiles"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * queries >= 2**18).
+_TUNED = Case(64, 32, 32, 4, 8, 3, head_dim=32, v_dim=32)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["block2-halo1-6x10", "block1-halo2-3x5", "block10-halo1-two-tiles"],
+    autotune_variable="ATTNZOO_HALO_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * _TUNED.h * _TUNED.w,
+)
