@@ -77,6 +77,33 @@ def assert_within(case, dtype: torch.dtype, errors: dict, out_tol: float, grad_t
     return errors
 
 
+# --- dispatch checks every backend file makes --------------------------------------------------
+
+
+def check_cpu_without_interpreter_picks_the_reference(monkeypatch: pytest.MonkeyPatch, op, args: tuple,
+                                                      call_triton: Callable[[], object]) -> None:
+    """With ``TRITON_INTERPRET`` and ``ATTNZOO_BACKEND`` unset, ``op`` on the CPU dispatch
+    arguments ``args`` selects its reference, ``why_not("triton")`` names CUDA, and
+    ``call_triton()`` (the public call with ``backend="triton"``) raises saying so."""
+    from attnzoo.kernels import BackendUnavailableError
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
+    assert op.select(None, *args) is op.reference
+    reason = op.why_not("triton", *args)
+    assert reason is not None and "CUDA" in reason
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        call_triton()
+
+
+def check_backend_none_picks_triton(monkeypatch: pytest.MonkeyPatch, op, args: tuple, triton_func) -> None:
+    """With ``ATTNZOO_BACKEND`` unset, ``op.select(None, *args)`` is ``triton_func`` with
+    ``fallback=True``: a kernel that cannot run on the device gives the reference."""
+    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
+    chosen = op.select(None, *args)
+    assert chosen.func is triton_func and chosen.keywords == {"fallback": True}
+
+
 # --- the tests every backend file runs the same way, built from its compare and case tables -------
 # ``compare(case, dtype, seed)``: the file's Triton-vs-float64-reference check (asserts the bounds).
 # Bind the returned functions to module-level names ``test_...`` (the names below) for pytest.

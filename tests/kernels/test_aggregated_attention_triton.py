@@ -28,7 +28,8 @@ from attnzoo.kernels.aggregated_attention import (
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
 from tests.kernels._triton_interp import (
-    CUDA, DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -295,20 +296,14 @@ def test_unsupported_input_is_refused_with_the_reason(what, kwargs, reason):
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     case, i, args = _select_args(device="cpu")
-    assert aggregated_attention_op.select(None, *args) is aggregated_attention_op.reference
-    reason = aggregated_attention_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        call(i, case, "triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, aggregated_attention_op, args, lambda: call(i, case, "triton"))
 
 
 @pytest.mark.parametrize("window", [3, None])
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
     """Both public functions (length_scaled_attention is window None) dispatch to the kernels."""
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     case = Case(3, 4, heads=2, pool=12 if window is None else 2, window=window)
     i = make_inputs(case, torch.float32, seed=0)
     k_pool = i["k"].flatten(1, 2) if window is None else i["k_pool"]
@@ -319,9 +314,7 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
                                      i.get("learnable_bias"), window)
     args = (i["q"], k, v, k_pool, v_pool, i.get("pool_bias"), i.get("local_bias"), i["query_embedding"],
             i["temperature"], i.get("learnable_tokens"), i.get("learnable_bias"), params)
-    chosen = aggregated_attention_op.select(None, *args)
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is aggregated_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, aggregated_attention_op, args, aggregated_triton)
 
 
 # --- tile configurations (no kernel runs) --------------------------------------------------------

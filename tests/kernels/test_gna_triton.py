@@ -25,7 +25,8 @@ from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
 from tests.kernels._triton_interp import (
-    CUDA, DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -330,21 +331,13 @@ def test_explicit_triton_on_unsupported_input_raises_with_the_reason(what, kwarg
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     args = _select_args(device="cpu")
-    assert gna_op.select(None, *args) is gna_op.reference
-    reason = gna_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        gna(*args[:3], 3, backend="triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, gna_op, args, lambda: gna(*args[:3], 3, backend="triton"))
 
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
-    chosen = gna_op.select(None, *_select_args())
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is gna_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, gna_op, _select_args(), gna_triton)
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------

@@ -25,7 +25,8 @@ from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
 from tests.kernels._triton_interp import (
-    DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -317,22 +318,14 @@ def test_int32_overflow_is_refused():
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     args = _select_args(device="cpu")
-    assert halo_attention_op.select(None, *args) is halo_attention_op.reference
-    reason = halo_attention_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        halo_attention(*args[:5], 4, 1, backend="triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, halo_attention_op, args, lambda: halo_attention(*args[:5], 4, 1, backend="triton"))
 
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     assert halo_attention_op.backends == ("reference", "triton")
-    chosen = halo_attention_op.select(None, *_select_args())
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is halo_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, halo_attention_op, _select_args(), halo_triton)
 
 
 # --- extended: hypothesis sweep and bigger cases ---------------------------------------------------

@@ -27,7 +27,8 @@ from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.routed_attention import route_regions, routed_attention, routed_attention_op
 from attnzoo.kernels.routed_attention._params import check_routed_inputs
 from tests.kernels._triton_interp import (
-    DEVICE, backend_env_fixture, assert_within, gpu_tests, import_triton_backend, rel_error,
+    DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -323,22 +324,14 @@ def test_unsupported_input_is_refused_with_the_reason(what, kwargs, reason):
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     args = _select_args(device="cpu")
-    assert routed_attention_op.select(None, *args) is routed_attention_op.reference
-    reason = routed_attention_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        routed_attention(*args[:3], 2, 2, backend="triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, routed_attention_op, args, lambda: routed_attention(*args[:3], 2, 2, backend="triton"))
 
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     assert routed_attention_op.backends == ("reference", "triton")
-    chosen = routed_attention_op.select(None, *_select_args())
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is routed_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, routed_attention_op, _select_args(), routed_triton)
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------
