@@ -104,6 +104,33 @@ def check_backend_none_picks_triton(monkeypatch: pytest.MonkeyPatch, op, args: t
     assert chosen.func is triton_func and chosen.keywords == {"fallback": True}
 
 
+
+def check_compiles_and_exports_as_one_node(run: Callable, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor,
+                                           fwd_op) -> list:
+    """``torch.compile(run, fullgraph=True)`` (aot_eager) gives the output and the gradient of
+    every one of ``inputs`` of eager ``run`` (relative error <= 1e-6); ``torch.export`` of a module
+    calling ``run`` records ``fwd_op`` (the op's forward custom op) exactly once and runs as
+    ``run`` does. Returns the exported graph's call targets, for the op's own checks on them."""
+    results = []
+    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        out.backward(grad_out)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for got, want in zip(*results):
+        assert rel_error(got, want) <= 1e-6
+
+    class Mixer(torch.nn.Module):
+        def forward(self, *tensors):
+            return run(*tensors)
+
+    program = torch.export.export(Mixer(), tuple(inputs))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count(fwd_op) == 1
+    assert rel_error(program.module()(*inputs), run(*inputs)) <= 1e-6
+    return targets
+
+
 # --- the tests every backend file runs the same way, built from its compare and case tables -------
 # ``compare(case, dtype, seed)``: the file's Triton-vs-float64-reference check (asserts the bounds).
 # Bind the returned functions to module-level names ``test_...`` (the names below) for pytest.

@@ -29,7 +29,7 @@ from attnzoo.kernels.aggregated_attention import (
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
 from tests.kernels._triton_interp import (
     CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -243,25 +243,9 @@ def test_custom_op_compiles_without_graph_breaks_and_exports_as_one_node():
     def run(*tensors):
         return call(dict(zip(NAMES, tensors)), case, "triton")
 
-    results = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        leaves = [inputs[n].detach().clone().requires_grad_() for n in NAMES]
-        out = fn(*leaves)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in leaves])
-    for got, want in zip(*results):
-        assert rel_error(got, want) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, *tensors):
-            return run(*tensors)
-
     args = tuple(inputs[n] for n in NAMES)
-    program = torch.export.export(Mixer(), args)
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.aggregated_fwd.default) == 1
+    targets = check_compiles_and_exports_as_one_node(run, args, grad_out, torch.ops.attnzoo.aggregated_fwd.default)
     assert not any("einsum" in str(t) or "softmax" in str(t) for t in targets)
-    assert rel_error(program.module()(*args), run(*args)) <= 1e-6
 
 
 # --- dispatch and refusals -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
 from tests.kernels._triton_interp import (
     CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -233,24 +233,8 @@ def test_custom_op_compiles_and_exports_as_one_node():
     def run(q, k, v, rpb):
         return gna(q, k, v, *case.pattern, rpb=rpb, backend="triton")
 
-    grads = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
-        out = fn(*inputs)
-        out.backward(grad_out)
-        grads.append([out.detach()] + [t.grad for t in inputs])
-    for got, want in zip(*grads):
-        assert rel_error(got, want.double()) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, q, k, v, rpb):
-            return run(q, k, v, rpb)
-
-    program = torch.export.export(Mixer(), (q, k, v, rpb))
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.gna_fwd.default) == 1
+    targets = check_compiles_and_exports_as_one_node(run, (q, k, v, rpb), grad_out, torch.ops.attnzoo.gna_fwd.default)
     assert not any("scaled_dot_product" in str(t) for t in targets)
-    assert rel_error(program.module()(q, k, v, rpb), run(q, k, v, rpb).double()) <= 1e-6
 
 
 def test_empty_batch_returns_empty():

@@ -26,7 +26,7 @@ from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
 from tests.kernels._triton_interp import (
     DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -227,23 +227,7 @@ def test_compiles_without_graph_breaks_and_exports_as_one_node():
     def run(q, k, v, hr, wr):
         return halo_attention(q, k, v, hr, wr, 2, 1, backend="triton")
 
-    results = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        out = fn(*leaves)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in leaves])
-    for got, want in zip(*results):
-        assert rel_error(got, want.double()) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, q, k, v, hr, wr):
-            return run(q, k, v, hr, wr)
-
-    program = torch.export.export(Mixer(), tuple(inputs))
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.halo_fwd.default) == 1
-    assert rel_error(program.module()(*inputs), run(*inputs).double()) <= 1e-6
+    check_compiles_and_exports_as_one_node(run, inputs, grad_out, torch.ops.attnzoo.halo_fwd.default)
 
 
 # --- block configurations (no kernel runs) -------------------------------------------------------

@@ -28,7 +28,7 @@ from attnzoo.kernels.routed_attention import route_regions, routed_attention, ro
 from attnzoo.kernels.routed_attention._params import check_routed_inputs
 from tests.kernels._triton_interp import (
     DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -248,24 +248,8 @@ def test_compiles_without_graph_breaks_and_exports_as_one_node():
     def run(q, k, v):
         return routed_attention(q, k, v, 2, 2, backend="triton")
 
-    results = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        out = fn(*inputs)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in inputs])
-    for got, want in zip(*results):
-        assert rel_error(got, want.double()) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, q, k, v):
-            return run(q, k, v)
-
-    program = torch.export.export(Mixer(), (q, k, v))
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.routed_fwd.default) == 1
+    targets = check_compiles_and_exports_as_one_node(run, (q, k, v), grad_out, torch.ops.attnzoo.routed_fwd.default)
     assert not any("scaled_dot_product" in str(t) for t in targets)
-    assert rel_error(program.module()(q, k, v), run(q, k, v).double()) <= 1e-6
 
 
 # --- block configurations (no kernel runs) -------------------------------------------------------
