@@ -131,6 +131,27 @@ def check_compiles_and_exports_as_one_node(run: Callable, inputs: Sequence[torch
     return targets
 
 
+
+def _raising(message: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(message)
+
+    return fail
+
+
+def forbid_reference(monkeypatch: pytest.MonkeyPatch, owner, *names: str) -> None:
+    """Replaces each attribute ``names`` of ``owner`` (the op's reference functions) by one that
+    fails the test: the Triton backend must not run the reference anywhere (e.g. its backward)."""
+    fail = _raising("the reference ran inside the triton backend")
+    for name in names:
+        monkeypatch.setattr(owner, name, fail)
+
+
+def forbid_kernel_launch(monkeypatch: pytest.MonkeyPatch, triton_backend) -> None:
+    """Makes any kernel launch of ``triton_backend`` (its ``_Launch.launch``) fail the test."""
+    monkeypatch.setattr(triton_backend._Launch, "launch", _raising("a kernel was launched for an empty batch"))
+
+
 # --- the tests every backend file runs the same way, built from its compare and case tables -------
 # ``compare(case, dtype, seed)``: the file's Triton-vs-float64-reference check (asserts the bounds).
 # Bind the returned functions to module-level names ``test_...`` (the names below) for pytest.

@@ -29,8 +29,8 @@ from attnzoo.kernels.aggregated_attention import (
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
 from tests.kernels._triton_interp import (
     CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
-    small_case_tests,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_reference, gpu_tests, import_triton_backend, rel_error, small_case_tests,
 )
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
@@ -181,12 +181,8 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not call the reference anywhere (e.g. in its backward)."""
     from attnzoo.kernels.aggregated_attention import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_aggregated_reference", fail)
-    monkeypatch.setattr(reference, "_windows", fail)
-    monkeypatch.setattr(aggregated_attention_op, "reference", fail)
+    forbid_reference(monkeypatch, reference, "_aggregated_reference", "_windows")
+    forbid_reference(monkeypatch, aggregated_attention_op, "reference")
     case = CASES["tiny-3x4-window5"]
     i = make_inputs(case, torch.float32, seed=0)
     i["q"].requires_grad_()

@@ -26,8 +26,8 @@ from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
 from tests.kernels._triton_interp import (
     CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
-    small_case_tests,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_reference, gpu_tests, import_triton_backend, rel_error, small_case_tests,
 )
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
@@ -185,11 +185,7 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not call the reference anywhere (e.g. in its backward)."""
     from attnzoo.kernels.gna import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_gna_reference", fail)
-    monkeypatch.setattr(reference, "_layout", fail)
+    forbid_reference(monkeypatch, reference, "_gna_reference", "_layout")
     case = CASES["2d-na-7x6-k3"]
     q, k, v, rpb, grad_out = make_inputs(case, torch.float32, seed=0)
     q.requires_grad_()

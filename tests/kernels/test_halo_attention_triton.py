@@ -26,7 +26,8 @@ from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
 from tests.kernels._triton_interp import (
     DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
-    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference, gpu_tests, import_triton_backend, rel_error,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_kernel_launch, forbid_reference, gpu_tests, import_triton_backend, rel_error,
     small_case_tests,
 )
 
@@ -167,10 +168,7 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not run the reference's attention anywhere (e.g. in its backward)."""
     from attnzoo.kernels.halo_attention import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_halo_reference", fail)
+    forbid_reference(monkeypatch, reference, "_halo_reference")
     q, k, v, hr, wr, grad_out = make_inputs(Case(1, 4, 4, 2, 2, 1), torch.float32, seed=0)
     q.requires_grad_()
     halo_attention(q, k, v, hr, wr, 2, 1, backend="triton").backward(grad_out)
@@ -192,10 +190,7 @@ def test_mixer_with_triton_backend_matches_reference():
 
 
 def test_empty_batch_returns_empty(monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError("a kernel was launched for an empty batch")
-
-    monkeypatch.setattr(triton_backend._Launch, "launch", no_launch)
+    forbid_kernel_launch(monkeypatch, triton_backend)
     inputs = make_inputs(Case(0, 4, 4, 2, 2, 1), torch.float32, seed=0)[:5]
     leaves = [t.requires_grad_() for t in inputs]
     out = halo_attention(*leaves, 2, 1, backend="triton")
