@@ -27,7 +27,11 @@ from attnzoo.kernels.aggregated_attention import (
     aggregated_attention, aggregated_attention_op, length_scaled_attention,
 )
 from attnzoo.kernels.aggregated_attention._params import check_aggregated_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_reference, gpu_tests, import_triton_backend, rel_error, small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.aggregated_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -35,9 +39,7 @@ from attnzoo.kernels.aggregated_attention._library import aggregated_triton  # n
 from attnzoo.kernels.aggregated_attention import _autotune  # noqa: E402  (after triton imports)
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_AGGREGATED_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_AGGREGATED_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -127,11 +129,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, small_dtype: Optional[tor
 
     out_tol, grad_tol = REL_TOL[dtype]
     errors = {n: rel_error(a, b) for n, a, b in zip(("out", *names), got, want)}
-    bound = dict.fromkeys(errors, grad_tol)
-    bound.update(out=out_tol, temperature=TEMPERATURE_TOL[dtype])
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= bound[n]}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol, bounds=dict(temperature=TEMPERATURE_TOL[dtype]))
 
 
 # --- small cases: the interpreter on CPU, compiled kernels on a GPU ----------------------------
@@ -161,14 +159,7 @@ CASES = {
 FP16_CASES = ["odd-5x7-p20", "dims-24-32-batch2", "micro-stage4-3x5-full"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 def test_float32_small_params_with_float16_activations():
@@ -190,12 +181,8 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not call the reference anywhere (e.g. in its backward)."""
     from attnzoo.kernels.aggregated_attention import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_aggregated_reference", fail)
-    monkeypatch.setattr(reference, "_windows", fail)
-    monkeypatch.setattr(aggregated_attention_op, "reference", fail)
+    forbid_reference(monkeypatch, reference, "_aggregated_reference", "_windows")
+    forbid_reference(monkeypatch, aggregated_attention_op, "reference")
     case = CASES["tiny-3x4-window5"]
     i = make_inputs(case, torch.float32, seed=0)
     i["q"].requires_grad_()
@@ -252,25 +239,9 @@ def test_custom_op_compiles_without_graph_breaks_and_exports_as_one_node():
     def run(*tensors):
         return call(dict(zip(NAMES, tensors)), case, "triton")
 
-    results = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        leaves = [inputs[n].detach().clone().requires_grad_() for n in NAMES]
-        out = fn(*leaves)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in leaves])
-    for got, want in zip(*results):
-        assert rel_error(got, want) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, *tensors):
-            return run(*tensors)
-
     args = tuple(inputs[n] for n in NAMES)
-    program = torch.export.export(Mixer(), args)
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.aggregated_fwd.default) == 1
+    targets = check_compiles_and_exports_as_one_node(run, args, grad_out, torch.ops.attnzoo.aggregated_fwd.default)
     assert not any("einsum" in str(t) or "softmax" in str(t) for t in targets)
-    assert rel_error(program.module()(*args), run(*args)) <= 1e-6
 
 
 # --- dispatch and refusals -----------------------------------------------------------------------
@@ -305,20 +276,14 @@ def test_unsupported_input_is_refused_with_the_reason(what, kwargs, reason):
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     case, i, args = _select_args(device="cpu")
-    assert aggregated_attention_op.select(None, *args) is aggregated_attention_op.reference
-    reason = aggregated_attention_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        call(i, case, "triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, aggregated_attention_op, args, lambda: call(i, case, "triton"))
 
 
 @pytest.mark.parametrize("window", [3, None])
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
     """Both public functions (length_scaled_attention is window None) dispatch to the kernels."""
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     case = Case(3, 4, heads=2, pool=12 if window is None else 2, window=window)
     i = make_inputs(case, torch.float32, seed=0)
     k_pool = i["k"].flatten(1, 2) if window is None else i["k_pool"]
@@ -329,9 +294,7 @@ def test_backend_none_picks_triton_where_it_can_run(monkeypatch, window):
                                      i.get("learnable_bias"), window)
     args = (i["q"], k, v, k_pool, v_pool, i.get("pool_bias"), i.get("local_bias"), i["query_embedding"],
             i["temperature"], i.get("learnable_tokens"), i.get("learnable_bias"), params)
-    chosen = aggregated_attention_op.select(None, *args)
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is aggregated_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, aggregated_attention_op, args, aggregated_triton)
 
 
 # --- tile configurations (no kernel runs) --------------------------------------------------------
@@ -419,23 +382,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * positions >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_AGGREGATED_AUTOTUNE")
-    case = replace(GPU_CASES["micro-stage1-56x56"], batch=48)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.height * case.width)
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["odd-5x7-p20", "micro-stage4-3x5-full", "window7-on-2x3"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * positions >= 2**18).
+_TUNED = replace(GPU_CASES["micro-stage1-56x56"], batch=48)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["odd-5x7-p20", "micro-stage4-3x5-full", "window7-on-2x3"],
+    autotune_variable="ATTNZOO_AGGREGATED_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * _TUNED.height * _TUNED.width,
+)

@@ -24,7 +24,11 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError, gna
 from attnzoo.kernels.gna import gna_op
 from attnzoo.kernels.gna._params import check_gna_inputs
-from tests.kernels._triton_interp import CUDA, DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    CUDA, DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_reference, gpu_tests, import_triton_backend, rel_error, small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.gna.triton")
 pytestmark = pytest.mark.interpreter
@@ -32,9 +36,7 @@ from attnzoo.kernels.gna._library import gna_triton  # noqa: E402
 from attnzoo.kernels.gna import _autotune  # noqa: E402  (after triton imports)
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_GNA_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_GNA_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -110,9 +112,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
     dv_norm = want[3].norm()
     errors = {n: rel_error(a, b, dv_norm if vanishing and n in ("dq", "dk", "drpb") else None)
               for n, a, b in zip(names, got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol)
 
 
 def _skip_bf16_on_interpreter(dtype):
@@ -152,14 +152,7 @@ CASES = {
 FP16_CASES = ["1d-causal-17-k4-s2-d2", "2d-dilation-stride-causal", "2d-blocked-8x8-k4", "2d-dims-24-40"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -192,11 +185,7 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not call the reference anywhere (e.g. in its backward)."""
     from attnzoo.kernels.gna import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_gna_reference", fail)
-    monkeypatch.setattr(reference, "_layout", fail)
+    forbid_reference(monkeypatch, reference, "_gna_reference", "_layout")
     case = CASES["2d-na-7x6-k3"]
     q, k, v, rpb, grad_out = make_inputs(case, torch.float32, seed=0)
     q.requires_grad_()
@@ -240,24 +229,8 @@ def test_custom_op_compiles_and_exports_as_one_node():
     def run(q, k, v, rpb):
         return gna(q, k, v, *case.pattern, rpb=rpb, backend="triton")
 
-    grads = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
-        out = fn(*inputs)
-        out.backward(grad_out)
-        grads.append([out.detach()] + [t.grad for t in inputs])
-    for got, want in zip(*grads):
-        assert rel_error(got, want.double()) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, q, k, v, rpb):
-            return run(q, k, v, rpb)
-
-    program = torch.export.export(Mixer(), (q, k, v, rpb))
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.gna_fwd.default) == 1
+    targets = check_compiles_and_exports_as_one_node(run, (q, k, v, rpb), grad_out, torch.ops.attnzoo.gna_fwd.default)
     assert not any("scaled_dot_product" in str(t) for t in targets)
-    assert rel_error(program.module()(q, k, v, rpb), run(q, k, v, rpb).double()) <= 1e-6
 
 
 def test_empty_batch_returns_empty():
@@ -338,21 +311,13 @@ def test_explicit_triton_on_unsupported_input_raises_with_the_reason(what, kwarg
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     args = _select_args(device="cpu")
-    assert gna_op.select(None, *args) is gna_op.reference
-    reason = gna_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        gna(*args[:3], 3, backend="triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, gna_op, args, lambda: gna(*args[:3], 3, backend="triton"))
 
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
-    chosen = gna_op.select(None, *_select_args())
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is gna_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, gna_op, _select_args(), gna_triton)
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------
@@ -397,23 +362,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * positions >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_GNA_AUTOTUNE")
-    case = replace(GPU_CASES["na2d-56x56-k7"], batch=16, heads=8)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * math.prod(case.spatial))
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["2d-blocked-8x8-k4", "2d-dilation-stride-causal", "3d-3x4x5-mixed"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * positions >= 2**18).
+_TUNED = replace(GPU_CASES["na2d-56x56-k7"], batch=16, heads=8)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["2d-blocked-8x8-k4", "2d-dilation-stride-causal", "3d-3x4x5-mixed"],
+    autotune_variable="ATTNZOO_GNA_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * math.prod(_TUNED.spatial),
+)

@@ -24,7 +24,12 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.halo_attention import halo_attention, halo_attention_op
 from attnzoo.kernels.halo_attention._params import check_halo_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_kernel_launch, forbid_reference, gpu_tests, import_triton_backend, rel_error,
+    small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.halo_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -34,9 +39,7 @@ from attnzoo.kernels.halo_attention import _autotune  # noqa: E402  (after trito
 NAMES = ("out", "dq", "dk", "dv", "d_height_rel", "d_width_rel")
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_HALO_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_HALO_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -101,9 +104,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
 
     out_tol, grad_tol = REL_TOL[dtype]
     errors = {n: rel_error(a, b) for n, a, b in zip(NAMES, got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol)
 
 
 # --- small cases: the interpreter on CPU, compiled kernels on a GPU ----------------------------
@@ -129,14 +130,7 @@ CASES = {
 FP16_CASES = ["halonet26t-s3-like-16x16-b8-h2", "halonet26t-s4-strided-16x16-b8-h2-s2", "block2-halo1-6x10"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 def test_custom_scale():
@@ -174,10 +168,7 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not run the reference's attention anywhere (e.g. in its backward)."""
     from attnzoo.kernels.halo_attention import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_halo_reference", fail)
+    forbid_reference(monkeypatch, reference, "_halo_reference")
     q, k, v, hr, wr, grad_out = make_inputs(Case(1, 4, 4, 2, 2, 1), torch.float32, seed=0)
     q.requires_grad_()
     halo_attention(q, k, v, hr, wr, 2, 1, backend="triton").backward(grad_out)
@@ -199,10 +190,7 @@ def test_mixer_with_triton_backend_matches_reference():
 
 
 def test_empty_batch_returns_empty(monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError("a kernel was launched for an empty batch")
-
-    monkeypatch.setattr(triton_backend._Launch, "launch", no_launch)
+    forbid_kernel_launch(monkeypatch, triton_backend)
     inputs = make_inputs(Case(0, 4, 4, 2, 2, 1), torch.float32, seed=0)[:5]
     leaves = [t.requires_grad_() for t in inputs]
     out = halo_attention(*leaves, 2, 1, backend="triton")
@@ -234,23 +222,7 @@ def test_compiles_without_graph_breaks_and_exports_as_one_node():
     def run(q, k, v, hr, wr):
         return halo_attention(q, k, v, hr, wr, 2, 1, backend="triton")
 
-    results = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        out = fn(*leaves)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in leaves])
-    for got, want in zip(*results):
-        assert rel_error(got, want.double()) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, q, k, v, hr, wr):
-            return run(q, k, v, hr, wr)
-
-    program = torch.export.export(Mixer(), tuple(inputs))
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.halo_fwd.default) == 1
-    assert rel_error(program.module()(*inputs), run(*inputs).double()) <= 1e-6
+    check_compiles_and_exports_as_one_node(run, inputs, grad_out, torch.ops.attnzoo.halo_fwd.default)
 
 
 # --- block configurations (no kernel runs) -------------------------------------------------------
@@ -325,22 +297,14 @@ def test_int32_overflow_is_refused():
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     args = _select_args(device="cpu")
-    assert halo_attention_op.select(None, *args) is halo_attention_op.reference
-    reason = halo_attention_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        halo_attention(*args[:5], 4, 1, backend="triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, halo_attention_op, args, lambda: halo_attention(*args[:5], 4, 1, backend="triton"))
 
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     assert halo_attention_op.backends == ("reference", "triton")
-    chosen = halo_attention_op.select(None, *_select_args())
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is halo_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, halo_attention_op, _select_args(), halo_triton)
 
 
 # --- extended: hypothesis sweep and bigger cases ---------------------------------------------------
@@ -398,23 +362,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * queries >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_HALO_AUTOTUNE")
-    case = Case(64, 32, 32, 4, 8, 3, head_dim=32, v_dim=32)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.h * case.w)
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["block2-halo1-6x10", "block1-halo2-3x5", "block10-halo1-two-tiles"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * queries >= 2**18).
+_TUNED = Case(64, 32, 32, 4, 8, 3, head_dim=32, v_dim=32)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["block2-halo1-6x10", "block1-halo2-3x5", "block10-halo1-two-tiles"],
+    autotune_variable="ATTNZOO_HALO_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * _TUNED.h * _TUNED.w,
+)

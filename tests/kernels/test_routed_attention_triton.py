@@ -26,7 +26,12 @@ from hypothesis import strategies as st
 from attnzoo.kernels import BackendUnavailableError
 from attnzoo.kernels.routed_attention import route_regions, routed_attention, routed_attention_op
 from attnzoo.kernels.routed_attention._params import check_routed_inputs
-from tests.kernels._triton_interp import DEVICE, backend_env, import_triton_backend, rel_error
+from tests.kernels._triton_interp import (
+    DEVICE, backend_env_fixture, assert_within, check_backend_none_picks_triton,
+    check_compiles_and_exports_as_one_node, check_cpu_without_interpreter_picks_the_reference,
+    forbid_kernel_launch, forbid_reference, gpu_tests, import_triton_backend, rel_error,
+    small_case_tests,
+)
 
 triton_backend = import_triton_backend("attnzoo.kernels.routed_attention.triton")
 pytestmark = pytest.mark.interpreter
@@ -34,9 +39,7 @@ from attnzoo.kernels.routed_attention._library import routed_triton  # noqa: E40
 from attnzoo.kernels.routed_attention import _autotune  # noqa: E402  (after triton imports)
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch):
-    backend_env(monkeypatch, "ATTNZOO_ROUTED_AUTOTUNE")
+_backend_env = backend_env_fixture("ATTNZOO_ROUTED_AUTOTUNE")
 
 
 # (output, gradient) bounds on ||got - want|| / ||want||, want = float64 reference.
@@ -104,9 +107,7 @@ def compare(case: Case, dtype: torch.dtype, seed: int, scale: Optional[float] = 
     vanishing = case.topk * (case.h // case.num_regions) * (case.w // case.num_regions) == 1
     errors = {n: rel_error(a, b, want[3].norm() if vanishing and n in ("dq", "dk") else None)
               for n, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
-    bad = {n: f"{e:.2e}" for n, e in errors.items() if not e <= (out_tol if n == "out" else grad_tol)}
-    assert not bad, f"{case} {dtype}: relative error above ({out_tol}, {grad_tol}): {bad}"
-    return errors
+    return assert_within(case, dtype, errors, out_tol, grad_tol)
 
 
 # --- small cases: the interpreter on CPU, compiled kernels on a GPU ----------------------------
@@ -135,14 +136,7 @@ CASES = {
 FP16_CASES = ["stage2-like-6x9-s3-topk4", "stage3-like-6x6-s3-topk4", "odd-9x6-d24-dv40", "padded-9x6-s3"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_reference_fp32(name):
-    compare(CASES[name], torch.float32, seed=sum(map(ord, name)))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_matches_reference_fp16(name):
-    compare(CASES[name], torch.float16, seed=sum(map(ord, name)))
+test_matches_reference_fp32, test_matches_reference_fp16 = small_case_tests(compare, CASES, FP16_CASES)
 
 
 def test_topk_1_and_custom_scale():
@@ -193,11 +187,7 @@ def test_uses_fused_kernels_not_the_reference(monkeypatch):
     """The triton backend must not run the reference's attention anywhere (e.g. in its backward)."""
     from attnzoo.kernels.routed_attention import reference
 
-    def fail(*args, **kwargs):
-        raise AssertionError("the reference ran inside the triton backend")
-
-    monkeypatch.setattr(reference, "_routed_reference", fail)
-    monkeypatch.setattr(reference, "_region_major", fail)
+    forbid_reference(monkeypatch, reference, "_routed_reference", "_region_major")
     q, k, v, grad_out = make_inputs(Case(1, 4, 4, 2, 2, 2), torch.float32, seed=0)
     q.requires_grad_()
     routed_attention(q, k, v, 2, 2, backend="triton").backward(grad_out)
@@ -219,10 +209,7 @@ def test_mixer_with_triton_backend_matches_reference():
 
 
 def test_empty_batch_returns_empty(monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError("a kernel was launched for an empty batch")
-
-    monkeypatch.setattr(triton_backend._Launch, "launch", no_launch)
+    forbid_kernel_launch(monkeypatch, triton_backend)
     q, k, v, _ = make_inputs(Case(0, 4, 4, 2, 2, 2), torch.float32, seed=0)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out = routed_attention(q, k, v, 2, 2, backend="triton")
@@ -255,24 +242,8 @@ def test_compiles_without_graph_breaks_and_exports_as_one_node():
     def run(q, k, v):
         return routed_attention(q, k, v, 2, 2, backend="triton")
 
-    results = []
-    for fn in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
-        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        out = fn(*inputs)
-        out.backward(grad_out)
-        results.append([out.detach()] + [t.grad for t in inputs])
-    for got, want in zip(*results):
-        assert rel_error(got, want.double()) <= 1e-6
-
-    class Mixer(torch.nn.Module):
-        def forward(self, q, k, v):
-            return run(q, k, v)
-
-    program = torch.export.export(Mixer(), (q, k, v))
-    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.attnzoo.routed_fwd.default) == 1
+    targets = check_compiles_and_exports_as_one_node(run, (q, k, v), grad_out, torch.ops.attnzoo.routed_fwd.default)
     assert not any("scaled_dot_product" in str(t) for t in targets)
-    assert rel_error(program.module()(q, k, v), run(q, k, v).double()) <= 1e-6
 
 
 # --- block configurations (no kernel runs) -------------------------------------------------------
@@ -331,22 +302,14 @@ def test_unsupported_input_is_refused_with_the_reason(what, kwargs, reason):
 
 
 def test_cpu_without_interpreter_picks_the_reference(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     args = _select_args(device="cpu")
-    assert routed_attention_op.select(None, *args) is routed_attention_op.reference
-    reason = routed_attention_op.why_not("triton", *args)
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
-        routed_attention(*args[:3], 2, 2, backend="triton")
+    check_cpu_without_interpreter_picks_the_reference(
+        monkeypatch, routed_attention_op, args, lambda: routed_attention(*args[:3], 2, 2, backend="triton"))
 
 
 def test_backend_none_picks_triton_where_it_can_run(monkeypatch):
-    monkeypatch.delenv("ATTNZOO_BACKEND", raising=False)
     assert routed_attention_op.backends == ("reference", "triton")
-    chosen = routed_attention_op.select(None, *_select_args())
-    # the Triton entry with fallback=True: a kernel that cannot run on the device gives the reference
-    assert chosen.func is routed_triton and chosen.keywords == {"fallback": True}
+    check_backend_none_picks_triton(monkeypatch, routed_attention_op, _select_args(), routed_triton)
 
 
 # --- extended: hypothesis sweep ------------------------------------------------------------------
@@ -385,23 +348,10 @@ GPU_CASES = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("name", list(GPU_CASES))
-def test_full_size_on_gpu(name, dtype):
-    compare(GPU_CASES[name], dtype, seed=sum(map(ord, name)))
-
-
-@pytest.mark.gpu
-def test_autotuned_launch_on_gpu(monkeypatch):
-    """Large enough to go through the autotuner (batch * heads * tokens >= 2**18)."""
-    monkeypatch.delenv("ATTNZOO_ROUTED_AUTOTUNE")
-    case = Case(32, 56, 56, 2, 7, 1, head_dim=32, v_dim=32)
-    assert _autotune.SPACES["fwd"].should_tune(case.batch * case.heads * case.h * case.w)
-    compare(case, torch.float16, seed=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["stage2-like-6x9-s3-topk4", "one-token-regions-5x5", "odd-9x6-d24-dv40"])
-def test_small_cases_bf16_on_gpu(name):
-    compare(CASES[name], torch.bfloat16, seed=5)
+# Large enough to go through the autotuner (batch * heads * tokens >= 2**18).
+_TUNED = Case(32, 56, 56, 2, 7, 1, head_dim=32, v_dim=32)
+test_full_size_on_gpu, test_autotuned_launch_on_gpu, test_small_cases_bf16_on_gpu = gpu_tests(
+    compare, GPU_CASES, CASES, ["stage2-like-6x9-s3-topk4", "one-token-regions-5x5", "odd-9x6-d24-dv40"],
+    autotune_variable="ATTNZOO_ROUTED_AUTOTUNE", autotune_spaces=_autotune.SPACES,
+    autotuned_case=_TUNED, autotuned_size=_TUNED.batch * _TUNED.heads * _TUNED.h * _TUNED.w,
+)
